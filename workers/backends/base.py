@@ -1,0 +1,56 @@
+"""The `TrainingBackend` seam: how one rank holds, runs and updates a (sharded) model.
+
+Lifecycle (one backend object per rank, inside a worker process that already joined the
+torch.distributed process group):
+    backend = Backend(config)
+    backend.setup(model_path, trainable=True)    # collective: load, shard, build optimizer
+    backend.forward_logprobs(batch, ...)         # collective, no grad
+    backend.train_step(micro_batches, loss_fn)   # collective: backward per micro-batch, clip, step
+    backend.iter_param_buckets(bucket_bytes)     # collective: full HF-named tensors, bucket by bucket
+    backend.save(dir) / backend.load(dir)        # collective: sharded model + optimizer state
+    backend.save_hf(dir)                         # collective; rank 0 writes an HF model folder
+
+Sequence layout of a batch (see orchestrator/batch.py): `input_ids` [B, P+R] = left-padded
+prompt + right-padded response, `attention_mask` [B, P+R], `position_ids` [B, P+R],
+`responses` [B, R], `response_mask` [B, R]. Log-probs are for the R response positions.
+
+Failure contract: every collective runs under the process group's timeout, so a dead peer raises
+instead of hanging. Code outside the backends never branches on which backend it holds.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Callable, Iterator
+
+import torch
+
+from orchestrator.batch import Batch
+
+# loss_fn(micro_batch, logprobs [b, R], entropy [b, R]) -> (loss to backward, metrics to average)
+LossFn = Callable[[Batch, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
+
+
+class TrainingBackend(ABC):
+    model: torch.nn.Module
+
+    @abstractmethod
+    def setup(self, model_path: str, trainable: bool) -> None: ...
+
+    @abstractmethod
+    def forward_logprobs(self, batch: Batch, micro_batch_size: int, temperature: float = 1.0,
+                         with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+
+    @abstractmethod
+    def train_step(self, micro_batches: list[Batch], loss_fn: LossFn, temperature: float = 1.0) -> dict[str, float]: ...
+
+    @abstractmethod
+    def iter_param_buckets(self, bucket_bytes: int) -> Iterator[dict[str, torch.Tensor]]: ...
+
+    @abstractmethod
+    def save(self, path: str, with_optimizer: bool = True) -> None: ...
+
+    @abstractmethod
+    def load(self, path: str, with_optimizer: bool = True) -> None: ...
+
+    @abstractmethod
+    def save_hf(self, path: str) -> None: ...
