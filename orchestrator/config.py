@@ -1,0 +1,537 @@
+"""Run configuration: a YAML recipe plus dotted command-line overrides, validated into dataclasses.
+
+    cfg = load_config("recipes/quickstart.yaml", ["trainer.total_steps=3", "actor.betas=[0.9,0.99]"])
+
+Every field carries one line of help (`describe()` prints them all for `hyflow train --help`).
+Validation is strict and names the offending key: unknown keys (with a "did you mean"), wrong
+types, bad choices and cross-field constraints all raise `ConfigError` before any worker starts,
+so a typo costs a second rather than a Ray cluster start-up.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A recipe or override that does not fit the schema; the message names the key path."""
+
+
+def _f(default: Any, help: str) -> Any:
+    """A schema field: its default (lists/dicts copied per instance) and its one line of help."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def _check(ok: bool, key: str, msg: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {msg}")
+
+
+Dtype = Literal["float32", "bfloat16"]
+
+
+# ----------------------------------------------------------------------------------- schema
+@dataclass
+class ModelConfig:
+    path: str = _f("smollm2-135m-instruct", "HF model folder or hub id; 'smollm2-135m-instruct' = the embedded model")
+    dtype: Dtype = _f("float32", "parameter dtype of the trained (actor) model")
+    chat_template: bool = _f(True, "wrap prompts with the tokenizer's chat template")
+
+    def validate(self) -> None:
+        _check(bool(self.path.strip()), "model.path", "must not be empty")
+
+
+@dataclass
+class DataConfig:
+    train_path: Optional[str] = _f(None, "GSM8K-format .jsonl or verl-style .parquet; null = generated math problems")
+    num_generated: int = _f(4000, "number of math problems to generate when train_path is null")
+    difficulty: list[int] = _f([1, 2], "levels of the generated math problems to mix")
+    system_prompt: Optional[str] = _f(None, "system message put before every prompt (null = none)")
+    max_prompt_tokens: int = _f(256, "prompts longer than this many tokens are dropped")
+    batch_size: int = _f(8, "prompts per training step")
+    shuffle: bool = _f(True, "shuffle the prompts every epoch")
+    seed: int = _f(0, "seed for problem generation, shuffling and the validation split")
+    val_size: int = _f(64, "prompts held out for validation (0 = no validation set)")
+
+    def validate(self) -> None:
+        _check(self.num_generated >= 1, "data.num_generated", f"must be >= 1, got {self.num_generated}")
+        _check(len(self.difficulty) > 0, "data.difficulty", "must list at least one level")
+        for i, d in enumerate(self.difficulty):
+            _check(d >= 1, f"data.difficulty[{i}]", f"levels start at 1, got {d}")
+        _check(self.max_prompt_tokens >= 1, "data.max_prompt_tokens", f"must be >= 1, got {self.max_prompt_tokens}")
+        _check(self.batch_size >= 1, "data.batch_size", f"must be >= 1, got {self.batch_size}")
+        _check(self.val_size >= 0, "data.val_size", f"must be >= 0, got {self.val_size}")
+        if self.train_path is None:
+            _check(self.val_size < self.num_generated, "data.val_size",
+                   f"must be smaller than data.num_generated ({self.num_generated}), got {self.val_size}")
+
+
+@dataclass
+class RolloutConfig:
+    engine: Literal["vllm", "hf"] = _f("vllm", "generation engine: vLLM, or HF generate (slow; for parity checks)")
+    n: int = _f(4, "samples per prompt (the GRPO group size)")
+    max_new_tokens: int = _f(128, "maximum tokens generated per sample")
+    temperature: float = _f(1.0, "sampling temperature (0 = greedy)")
+    top_p: float = _f(1.0, "nucleus sampling mass, in (0, 1]")
+    top_k: int = _f(-1, "sample among the k most likely tokens (-1 = all)")
+    dtype: Dtype = _f("float32", "dtype of the engine's copy of the weights")
+    kv_cache_gb: float = _f(0.5, "KV-cache size in GiB (CPU engine)")
+    gpu_memory_utilization: float = _f(0.5, "fraction of GPU memory the engine may take (GPU engine)")
+    max_model_len: int = _f(1024, "maximum prompt + completion length the engine accepts")
+    sleep_during_training: bool = _f(True, "free the engine's weights and KV cache while the actor trains (GPU)")
+    num_replicas: int = _f(1, "engine replicas (data-parallel generation), placed on the first trainer bundles")
+
+    def validate(self) -> None:
+        _check(self.n >= 1, "rollout.n", f"must be >= 1, got {self.n}")
+        _check(self.max_new_tokens >= 1, "rollout.max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
+        _check(self.temperature >= 0, "rollout.temperature", f"must be >= 0, got {self.temperature}")
+        _check(0 < self.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {self.top_p}")
+        _check(self.top_k == -1 or self.top_k >= 1, "rollout.top_k", f"must be -1 or >= 1, got {self.top_k}")
+        _check(self.kv_cache_gb > 0, "rollout.kv_cache_gb", f"must be > 0, got {self.kv_cache_gb}")
+        _check(0 < self.gpu_memory_utilization <= 1, "rollout.gpu_memory_utilization",
+               f"must be in (0, 1], got {self.gpu_memory_utilization}")
+        _check(self.max_model_len >= 1, "rollout.max_model_len", f"must be >= 1, got {self.max_model_len}")
+        _check(self.num_replicas >= 1, "rollout.num_replicas", f"must be >= 1, got {self.num_replicas}")
+
+
+@dataclass
+class ActorConfig:
+    backend: Literal["fsdp"] = _f("fsdp", "training backend")
+    world_size: int = _f(2, "data-parallel training ranks (one Ray actor each)")
+    lr: float = _f(1e-6, "AdamW learning rate")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    betas: list[float] = _f([0.9, 0.999], "AdamW betas [beta1, beta2]")
+    grad_clip: float = _f(1.0, "clip the global gradient norm to this value")
+    ppo_epochs: int = _f(1, "passes over each rollout batch")
+    mini_batch_size: int = _f(0, "samples per optimizer step, over all ranks (0 = the whole batch)")
+    micro_batch_size: int = _f(4, "samples per forward/backward pass on each rank (gradient accumulation)")
+    clip_ratio_low: float = _f(0.2, "PPO ratio clip below: ratio >= 1 - clip_ratio_low")
+    clip_ratio_high: float = _f(0.2, "PPO ratio clip above: ratio <= 1 + clip_ratio_high")
+    dual_clip: Optional[float] = _f(3.0, "dual-clip bound c (> 1) on the loss for negative advantages (null = off)")
+    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"] = _f(
+        "token-mean", "how per-token losses are reduced to the batch loss")
+    kl_coef: float = _f(0.0, "KL-to-reference loss weight (0 = no reference model)")
+    kl_estimator: Literal["k1", "k2", "k3"] = _f("k3", "KL estimator used for the KL loss")
+    entropy_coef: float = _f(0.0, "entropy bonus weight (0 = none)")
+    gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass to save memory")
+    cpus_per_worker: float = _f(1.0, "Ray CPUs reserved by each training rank")
+
+    def validate(self) -> None:
+        _check(self.world_size >= 1, "actor.world_size", f"must be >= 1, got {self.world_size}")
+        _check(self.lr > 0, "actor.lr", f"must be > 0, got {self.lr}")
+        _check(self.weight_decay >= 0, "actor.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _check(len(self.betas) == 2, "actor.betas", f"must have 2 values, got {len(self.betas)}")
+        for i, b in enumerate(self.betas):
+            _check(0 <= b < 1, f"actor.betas[{i}]", f"must be in [0, 1), got {b}")
+        _check(self.grad_clip > 0, "actor.grad_clip", f"must be > 0, got {self.grad_clip}")
+        _check(self.ppo_epochs >= 1, "actor.ppo_epochs", f"must be >= 1, got {self.ppo_epochs}")
+        _check(self.mini_batch_size >= 0, "actor.mini_batch_size", f"must be >= 0, got {self.mini_batch_size}")
+        _check(self.micro_batch_size >= 1, "actor.micro_batch_size", f"must be >= 1, got {self.micro_batch_size}")
+        _check(0 <= self.clip_ratio_low < 1, "actor.clip_ratio_low", f"must be in [0, 1), got {self.clip_ratio_low}")
+        _check(self.clip_ratio_high >= 0, "actor.clip_ratio_high", f"must be >= 0, got {self.clip_ratio_high}")
+        if self.dual_clip is not None:
+            _check(self.dual_clip > 1, "actor.dual_clip", f"must be > 1 (or null), got {self.dual_clip}")
+        _check(self.kl_coef >= 0, "actor.kl_coef", f"must be >= 0, got {self.kl_coef}")
+        _check(self.cpus_per_worker > 0, "actor.cpus_per_worker", f"must be > 0, got {self.cpus_per_worker}")
+        if self.mini_batch_size > 0:
+            # Each optimizer step is split evenly across the ranks.
+            _check(self.mini_batch_size % self.world_size == 0, "actor.mini_batch_size",
+                   f"{self.mini_batch_size} must be divisible by actor.world_size ({self.world_size})")
+
+
+@dataclass
+class AlgorithmConfig:
+    advantage: str = _f("grpo", "advantage estimator (a registry name)")
+    policy_loss: str = _f("ppo_clip", "policy loss (a registry name)")
+    norm_by_std: bool = _f(True, "divide group-relative advantages by the group's reward std")
+    eps: float = _f(1e-6, "added to the std before dividing")
+
+    def validate(self) -> None:
+        _check(bool(self.advantage.strip()), "algorithm.advantage", "must not be empty")
+        _check(bool(self.policy_loss.strip()), "algorithm.policy_loss", "must not be empty")
+        _check(self.eps > 0, "algorithm.eps", f"must be > 0, got {self.eps}")
+
+
+@dataclass
+class RewardConfig:
+    function: str = _f("envs.math:compute_score", "reward function: 'module:function' or 'path/to/file.py:function'")
+    crash_penalty: float = _f(0.0, "reward given when the reward function raises (the crash is counted)")
+
+    def validate(self) -> None:
+        mod, sep, fn = self.function.rpartition(":")
+        _check(bool(sep and mod and fn.isidentifier()), "reward.function",
+               f"expected 'module:function' or 'path/to/file.py:function', got {self.function!r}")
+
+
+@dataclass
+class WeightSyncConfig:
+    bucket_mb: float = _f(64.0, "size of the buckets the weights are sent to the engine in (MiB)")
+    verify: bool = _f(True, "after each sync, compare trainer and engine log-probs on a probe")
+    tolerance: float = _f(1e-3, "max abs log-prob difference trainer vs engine on the probe")
+    probe_tokens: int = _f(32, "tokens in the verification probe")
+
+    def validate(self) -> None:
+        _check(self.bucket_mb > 0, "weight_sync.bucket_mb", f"must be > 0, got {self.bucket_mb}")
+        _check(self.tolerance > 0, "weight_sync.tolerance", f"must be > 0, got {self.tolerance}")
+        _check(self.probe_tokens >= 1, "weight_sync.probe_tokens", f"must be >= 1, got {self.probe_tokens}")
+
+
+@dataclass
+class TrainerConfig:
+    total_steps: int = _f(10, "training steps (one rollout batch and one update each)")
+    output_dir: str = _f("runs/quickstart", "folder for checkpoints, metrics and the resolved config")
+    save_every: int = _f(0, "checkpoint every this many steps (0 = at the end only)")
+    val_every: int = _f(0, "validate every this many steps (0 = never)")
+    seed: int = _f(0, "seed for sampling and model init")
+    progress: bool = _f(True, "show a progress bar")
+    log_every: int = _f(1, "log metrics every this many steps")
+    experiment_name: str = _f("quickstart", "name of the run in logs and metrics")
+
+    def validate(self) -> None:
+        _check(self.total_steps >= 1, "trainer.total_steps", f"must be >= 1, got {self.total_steps}")
+        _check(bool(self.output_dir.strip()), "trainer.output_dir", "must not be empty")
+        _check(self.save_every >= 0, "trainer.save_every", f"must be >= 0, got {self.save_every}")
+        _check(self.val_every >= 0, "trainer.val_every", f"must be >= 0, got {self.val_every}")
+        _check(self.log_every >= 1, "trainer.log_every", f"must be >= 1, got {self.log_every}")
+
+
+@dataclass
+class RayConfig:
+    address: str = _f("local", "Ray cluster: 'local' starts one in-process, 'auto' or host:port joins one")
+    num_cpus: Optional[int] = _f(None, "CPUs for a local cluster (null = all of the machine's)")
+    object_store_mb: int = _f(512, "object store size of a local cluster (MiB)")
+    dashboard: bool = _f(False, "start the Ray dashboard with a local cluster")
+    call_timeout_s: float = _f(1800.0, "seconds to wait for any worker call before failing the run")
+
+    def validate(self) -> None:
+        _check(bool(self.address.strip()), "ray.address", "must not be empty")
+        if self.num_cpus is not None:
+            _check(self.num_cpus >= 1, "ray.num_cpus", f"must be >= 1 (or null), got {self.num_cpus}")
+        _check(self.object_store_mb >= 1, "ray.object_store_mb", f"must be >= 1, got {self.object_store_mb}")
+        _check(self.call_timeout_s > 0, "ray.call_timeout_s", f"must be > 0, got {self.call_timeout_s}")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "the policy model"})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "training prompts"})
+    rollout: RolloutConfig = field(default_factory=RolloutConfig, metadata={"help": "generation"})
+    actor: ActorConfig = field(default_factory=ActorConfig, metadata={"help": "the trained policy"})
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig, metadata={"help": "advantage and loss"})
+    reward: RewardConfig = field(default_factory=RewardConfig, metadata={"help": "scoring completions"})
+    weight_sync: WeightSyncConfig = field(default_factory=WeightSyncConfig,
+                                          metadata={"help": "trainer -> engine weight updates"})
+    trainer: TrainerConfig = field(default_factory=TrainerConfig, metadata={"help": "the training loop"})
+    ray: RayConfig = field(default_factory=RayConfig, metadata={"help": "the Ray cluster"})
+
+    def validate(self) -> None:
+        """Cross-section checks (each section's own checks ran before this)."""
+        samples = self.data.batch_size * self.rollout.n
+        _check(samples % self.actor.world_size == 0, "actor.world_size",
+               f"data.batch_size * rollout.n = {samples} samples per step must be divisible by "
+               f"actor.world_size ({self.actor.world_size})")
+        mb = self.actor.mini_batch_size
+        if mb > 0:
+            _check(samples % mb == 0, "actor.mini_batch_size",
+                   f"{mb} must divide data.batch_size * rollout.n = {samples}")
+        _check(self.rollout.num_replicas <= self.actor.world_size, "rollout.num_replicas",
+               f"{self.rollout.num_replicas} replicas need as many trainer bundles; actor.world_size is "
+               f"{self.actor.world_size}")
+        need = self.data.max_prompt_tokens + self.rollout.max_new_tokens
+        _check(need <= self.rollout.max_model_len, "rollout.max_model_len",
+               f"{self.rollout.max_model_len} must be >= data.max_prompt_tokens + rollout.max_new_tokens = {need}")
+
+
+# ------------------------------------------------------------------------------ type checks
+_FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _type_name(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return f"one of {list(args)}"
+    if origin is Union:
+        rest = [a for a in args if a is not type(None)]
+        inner = _type_name(rest[0]) if len(rest) == 1 else " | ".join(_type_name(a) for a in rest)
+        return f"Optional[{inner}]" if len(rest) < len(args) else inner
+    if origin in (list, tuple, dict):
+        return f"{origin.__name__}[{', '.join('...' if a is Ellipsis else _type_name(a) for a in args)}]"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _got(value: Any) -> str:
+    if value is None:
+        return "null"
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`; return it converted (ints to float, lists to
+    tuples, dicts to dataclasses)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: is a section and expects a mapping of keys, got {_got(value)}")
+        return _build(tp, value, key)
+    if origin is Literal:
+        if value not in args or isinstance(value, bool) != any(isinstance(a, bool) for a in args):
+            raise ConfigError(f"{key}: expected one of {list(args)}, got {value!r}")
+        return value
+    if origin is Union:
+        if value is None and type(None) in args:
+            return None
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) != 1:
+            raise TypeError(f"{key}: only Optional[T] unions are supported, got {tp!r}")
+        if typing.get_origin(rest[0]) or dataclasses.is_dataclass(rest[0]):
+            return _coerce(value, rest[0], key)  # its own message names the element at fault
+        try:
+            return _coerce(value, rest[0], key)
+        except ConfigError:
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {_got(value)}") from None
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {_got(value)}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
+            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        elem = args[0] if args else Any
+        out = [_coerce(v, elem, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {_got(value)}")
+        kt, vt = args if args else (Any, Any)
+        return {_coerce(k, kt, f"{key}.{k}"): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        # PyYAML (YAML 1.1) reads `1e-6` (no dot) as a string; accept plain numerals.
+        if isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:
+        raise TypeError(f"{key}: unsupported annotation {tp!r} in the config schema")
+    raise ConfigError(f"{key}: expected {tp.__name__}, got {_got(value)}")
+
+
+def _suggest(name: str, prefix: str, cls: type) -> str:
+    """ ' (did you mean 'x.y'?)' for a misspelt key: a close sibling, else the same name elsewhere."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    close = difflib.get_close_matches(name, names, n=1)
+    if close:
+        return f" (did you mean '{prefix}{close[0]}'?)"
+    elsewhere = [p for p in _all_paths(Config) if p.rsplit(".", 1)[-1] == name]
+    if elsewhere:
+        return f" (did you mean '{elsewhere[0]}'?)"
+    return ""
+
+
+def _build(cls: type, data: dict, prefix: str = "") -> Any:
+    """Validate the mapping `data` into the dataclass `cls`, then run its `validate()`."""
+    pre = f"{prefix}." if prefix else ""
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for k in data:
+        if k not in known:
+            raise ConfigError(f"unknown key '{pre}{k}'{_suggest(str(k), pre, cls)}")
+    kwargs = {k: _coerce(v, hints[k], pre + k) for k, v in data.items()}
+    obj = cls(**kwargs)
+    if hasattr(obj, "validate"):
+        obj.validate()
+    return obj
+
+
+def _all_paths(cls: type, prefix: str = "") -> list[str]:
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out += _all_paths(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            out.append(prefix + f.name)
+    return out
+
+
+def _type_at(path: list[str], cls: type = None) -> Any:
+    """The annotation at a dotted path, or None when the path is not in the schema."""
+    tp: Any = cls or Config
+    for part in path:
+        if not dataclasses.is_dataclass(tp) or part not in {f.name for f in dataclasses.fields(tp)}:
+            return None
+        tp = typing.get_type_hints(tp)[part]
+    return tp
+
+
+# ------------------------------------------------------------------------------ loading
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects a key given twice in one mapping (PyYAML silently keeps the last)."""
+
+
+def _construct_unique(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique)
+
+
+def _read_yaml(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"{path}:{where}: invalid YAML: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {_got(data)}")
+    return data
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    """'a.b.c=value' -> (['a', 'b', 'c'], value parsed as a YAML scalar or list)."""
+    key, eq, raw = text.partition("=")
+    key = key.strip()
+    if not eq:
+        raise ConfigError(f"override {text!r} must have the form key.path=value")
+    parts = key.split(".")
+    if not key or any(not p for p in parts):
+        raise ConfigError(f"override {text!r}: bad key path {key!r}")
+    tp = _type_at(parts)
+    takes_str = tp is str or (typing.get_origin(tp) is Union and str in typing.get_args(tp))
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        if not takes_str:
+            raise ConfigError(f"override {text!r}: value is not valid YAML: "
+                              f"{getattr(e, 'problem', None) or e}") from None
+        value = raw
+    # For a string field keep the text as typed: `trainer.experiment_name=2024` or
+    # `data.system_prompt=Answer: #### N` would otherwise become an int or a mapping.
+    if takes_str and value is not None and not isinstance(value, str):
+        value = raw.strip()
+    return parts, value
+
+
+def _merge(dst: dict, src: dict) -> None:
+    """Deep-merge `src` into `dst` (mappings merge, everything else replaces)."""
+    for k, v in src.items():
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            _merge(dst[k], v)
+        else:
+            dst[k] = v
+
+
+def apply_overrides(data: dict, overrides: typing.Iterable[str]) -> dict:
+    """Return a copy of the raw mapping `data` with the dotted overrides applied, in order."""
+    out = copy.deepcopy(data)
+    for text in overrides:
+        parts, value = _parse_override(text)
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                section = ".".join(parts[: i + 1])
+                raise ConfigError(f"{section}: is a section and expects a mapping of keys, "
+                                  f"got {_got(child)} (while applying override {text!r})")
+            node = child
+        if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
+            _merge(node[parts[-1]], value)
+        else:
+            node[parts[-1]] = value
+    return out
+
+
+def from_dict(data: dict, cls: type = None) -> Any:
+    """Validate a raw nested mapping into `cls` (default `Config`), running every `validate()`."""
+    cls = cls or Config
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a mapping of sections, got {_got(data)}")
+    return _build(cls, data)
+
+
+def load_config(path: Optional[str], overrides: typing.Iterable[str] = ()) -> Config:
+    """Read the YAML recipe at `path` (None = all defaults), apply `overrides` ('a.b.c=value',
+    value parsed as YAML), and validate into a `Config`. Raises FileNotFoundError or ConfigError."""
+    if isinstance(overrides, str):  # a lone string would otherwise be iterated per character
+        overrides = [overrides]
+    data = _read_yaml(str(path)) if path is not None else {}
+    return from_dict(apply_overrides(data, overrides))
+
+
+def to_dict(cfg: Any) -> dict:
+    """The config as plain nested dicts/lists/scalars (tuples become lists), in schema order."""
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+    return plain(cfg)
+
+
+def save_yaml(cfg: Any, path: str) -> None:
+    """Write the resolved config; `load_config(path)` gives back an equal Config."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None), encoding="utf-8")
+
+
+def describe(cls: type = None) -> str:
+    """Every key path with its type, default and help, one per line, grouped by section."""
+    cls = cls or Config
+    lines: list[str] = []
+
+    def walk(c: type, prefix: str) -> None:
+        hints = typing.get_type_hints(c)
+        fields = dataclasses.fields(c)
+        width = max([len(prefix + f.name) for f in fields if not dataclasses.is_dataclass(hints[f.name])] + [0])
+        for f in fields:
+            tp, key, help_ = hints[f.name], prefix + f.name, f.metadata.get("help", "")
+            if dataclasses.is_dataclass(tp):
+                lines.append(f"{key}:  {help_}" if help_ else f"{key}:")
+                walk(tp, key + ".")
+                continue
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            shown = yaml.safe_dump(to_dict(default), default_flow_style=True, width=1000).strip()
+            shown = shown.removesuffix("\n...").removesuffix("...").strip()
+            lines.append(f"  {key:<{width}}  {_type_name(tp)} = {shown}  # {help_}")
+
+    walk(cls, "")
+    return "\n".join(lines)
