@@ -1,0 +1,129 @@
+"""Ray start-up and resource pools (placement groups) for worker groups.
+
+Placement: *split* = each role gets its own `ResourcePool`; *colocated* = several `WorkerGroup`s
+share one pool (each asking a fraction of a bundle), or one group hosts several roles per actor.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Environment every worker process gets (see shared/reference/stack.md for why each one).
+WORKER_ENV = {
+    "OMP_NUM_THREADS": "1",                 # 1 thread per rank beats oversubscription
+    "TORCH_COMPILE_DISABLE": "1",           # vLLM's first logprobs call would compile for 2-27 s
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # in-process engine: 2-3 s start instead of ~20 s
+    "VLLM_HOST_IP": "127.0.0.1",
+    "MASTER_ADDR": "127.0.0.1",
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+}
+
+
+def worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """WORKER_ENV + PYTHONPATH with the repo root first (so workers import the project) + extra."""
+    paths = [str(REPO_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env = {**WORKER_ENV, "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}
+    env.update({k: str(v) for k, v in (extra or {}).items()})
+    return env
+
+
+def init_ray(address: str = "local", num_cpus: int | None = None, object_store_mb: int = 512,
+             dashboard: bool = False, **kwargs: Any):
+    """Start (address="local") or join ("auto", "ray://host:port", "ip:port") a Ray cluster.
+
+    A local cluster listens on 127.0.0.1 only. If Ray is already initialized it is reused as-is.
+    Returns the `ray` module.
+    """
+    # Ray reads this flag when it is first imported; set it before the import below.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+    if ray.is_initialized():
+        return ray
+    runtime_env = {"env_vars": worker_env()}
+    if address == "local":
+        from ray._private import ray_constants
+        # Ray may have been imported before the flag was set (then the driver would pick the
+        # machine's external address): apply the same loopback-only choice explicitly.
+        if os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0":
+            ray_constants.ENABLE_RAY_CLUSTER = False
+        ray.init(address="local", num_cpus=num_cpus, object_store_memory=object_store_mb * 1024**2,
+                 include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                 runtime_env=runtime_env, **kwargs)
+    else:
+        # Joining: the cluster's resources and object store were fixed when it started.
+        ray.init(address=address, runtime_env=runtime_env, **kwargs)
+    return ray
+
+
+class ResourcePool:
+    """`n_bundles` equal bundles reserved as one Ray placement group; one worker rank per bundle."""
+
+    def __init__(self, n_bundles: int, cpus_per_bundle: float = 1.0, gpus_per_bundle: float = 0.0,
+                 strategy: str = "PACK", name: str = "pool", timeout_s: float = 60):
+        import ray
+        from ray.util.placement_group import placement_group
+        if n_bundles < 1:
+            raise ValueError(f"ResourcePool {name!r}: n_bundles must be >= 1, got {n_bundles}")
+        if cpus_per_bundle < 0 or gpus_per_bundle < 0 or cpus_per_bundle + gpus_per_bundle == 0:
+            raise ValueError(f"ResourcePool {name!r}: cpus_per_bundle={cpus_per_bundle} and "
+                             f"gpus_per_bundle={gpus_per_bundle} must be >= 0 and not both 0")
+        if strategy not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
+            raise ValueError(f"ResourcePool {name!r}: unknown strategy {strategy!r}")
+        self.name = name
+        self.n_bundles = n_bundles
+        self.cpus_per_bundle = float(cpus_per_bundle)
+        self.gpus_per_bundle = float(gpus_per_bundle)
+        self.strategy = strategy
+        bundle = {"CPU": self.cpus_per_bundle}
+        if self.gpus_per_bundle:
+            bundle["GPU"] = self.gpus_per_bundle
+        self.bundles = [dict(bundle) for _ in range(n_bundles)]
+        self.pg = placement_group(self.bundles, strategy=strategy, name=f"{name}-{time.time_ns()}")
+        ready, _ = ray.wait([self.pg.ready()], timeout=timeout_s)
+        if not ready:
+            ray.util.remove_placement_group(self.pg)
+            asked = {k: v * n_bundles for k, v in bundle.items()}
+            raise RuntimeError(
+                f"ResourcePool {name!r}: placement group of {n_bundles} x {bundle} (total {asked}, "
+                f"strategy {strategy}) not ready after {timeout_s}s; cluster has available "
+                f"{_rounded(ray.available_resources())} of total {_rounded(ray.cluster_resources())}")
+
+    @property
+    def world_size(self) -> int:
+        return self.n_bundles
+
+    def strategy_for(self, bundle_index: int):
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+        if not 0 <= bundle_index < self.n_bundles:
+            raise IndexError(f"ResourcePool {self.name!r}: bundle_index {bundle_index} not in [0, {self.n_bundles})")
+        return PlacementGroupSchedulingStrategy(
+            placement_group=self.pg, placement_group_bundle_index=bundle_index,
+            placement_group_capture_child_tasks=True)
+
+    def bundle_nodes(self) -> list[str]:
+        """Node id of each bundle (to derive LOCAL_RANK)."""
+        from ray.util.placement_group import placement_group_table
+        table = placement_group_table(self.pg)["bundles_to_node_id"]
+        return [table[i] for i in range(self.n_bundles)]
+
+    def shutdown(self) -> None:
+        import ray
+        if self.pg is not None:
+            ray.util.remove_placement_group(self.pg)
+            self.pg = None
+
+    def __repr__(self) -> str:
+        return (f"ResourcePool({self.name!r}, {self.n_bundles} x CPU {self.cpus_per_bundle}"
+                f"{f' GPU {self.gpus_per_bundle}' if self.gpus_per_bundle else ''}, {self.strategy})")
+
+
+def _rounded(resources: dict[str, float]) -> dict[str, float]:
+    """CPU/GPU only (Ray also lists node and placement-group bookkeeping resources)."""
+    keep = ("CPU", "GPU")
+    return {k: round(v, 2) for k, v in sorted(resources.items()) if k in keep}
