@@ -1,0 +1,89 @@
+"""Who runs where: Ray placement for the actor, reference and rollout roles.
+
+Hybrid (colocated) placement, the default: one placement group with one bundle per
+data-parallel rank. The actor and the reference policy share one process per bundle (colocated
+roles); the rollout engine runs on the same bundles in a process of its own (vLLM on CPU
+disables torch's thread control for its whole process, and on GPU it owns its memory pool).
+Phases alternate, so roles sharing a bundle do not compete: the engine sleeps while training.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import ray
+
+from orchestrator.config import Config
+from orchestrator.resources import ResourcePool, init_ray
+from orchestrator.worker_group import WorkerGroup
+from workers.actor import ActorWorker
+from workers.rollout import RolloutWorker
+from workers.weight_sync import BucketedWeightSync, WeightSync, make_probe
+
+PROBE_TEXT = ("Question: A farmer has 12 sheep and buys 7 more. How many sheep does the farmer have?\n"
+              "Answer: The farmer has 12 + 7 = 19 sheep. #### 19")
+
+
+@dataclass
+class Workers:
+    pool: ResourcePool
+    actor: object            # role view of the actor group
+    ref: object | None       # role view of the reference policy (None when kl_coef == 0)
+    rollout: WorkerGroup
+    weight_sync: WeightSync
+    groups: list
+
+    def shutdown(self) -> None:
+        for g in self.groups:
+            try:
+                g.shutdown()
+            except Exception:  # noqa: BLE001 - best effort at teardown
+                pass
+        self.pool.shutdown()
+
+
+def build_workers(cfg: Config, model_path: str, tokenizer) -> Workers:
+    r = cfg.ray
+    init_ray(address=r.address, num_cpus=r.num_cpus, object_store_mb=r.object_store_mb, dashboard=r.dashboard)
+    gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= cfg.actor.world_size else 0.0
+    a = cfg.actor
+    pool = ResourcePool(a.world_size, cpus_per_bundle=a.cpus_per_worker, gpus_per_bundle=gpus, name="hybrid")
+    actor_cfg = {**_as_dict(a), "dtype": cfg.model.dtype}
+    algo_cfg = _as_dict(cfg.algorithm)
+    roles = {"actor": (ActorWorker, dict(model_path=model_path, actor_cfg=actor_cfg, algo_cfg=algo_cfg,
+                                         trainable=True, seed=cfg.trainer.seed))}
+    if a.kl_coef > 0:
+        roles["ref"] = (ActorWorker, dict(model_path=model_path, actor_cfg=actor_cfg, algo_cfg=algo_cfg,
+                                          trainable=False, seed=cfg.trainer.seed))
+    share = 0.5  # actor+ref host and rollout engine each take half a bundle
+    trainers = WorkerGroup(pool, roles, name="trainer", num_cpus_per_worker=a.cpus_per_worker * share,
+                           num_gpus_per_worker=gpus * share, call_timeout_s=r.call_timeout_s)
+    ro = cfg.rollout
+    engine_kwargs = dict(dtype=ro.dtype, max_model_len=ro.max_model_len, kv_cache_gb=ro.kv_cache_gb,
+                         gpu_memory_utilization=ro.gpu_memory_utilization)
+    rollout = WorkerGroup(pool, RolloutWorker, dict(model_path=model_path, engine=ro.engine,
+                                                   engine_kwargs=engine_kwargs,
+                                                   pad_token_id=tokenizer.pad_token_id or 0, seed=cfg.trainer.seed),
+                          name="rollout", num_cpus_per_worker=a.cpus_per_worker * share * 0.9,
+                          num_gpus_per_worker=gpus * 0.4, call_timeout_s=r.call_timeout_s,
+                          bundle_indices=list(range(ro.num_replicas)),
+                          env={"OMP_NUM_THREADS": str(max(1, int(a.cpus_per_worker * a.world_size)))})
+    actor, ref = trainers.role("actor"), (trainers.role("ref") if "ref" in roles else None)
+    # Engines and trainers load in parallel.
+    pending = [rollout.submit("setup")]
+    actor.setup()
+    if ref is not None:
+        ref.setup()
+    for p in pending:
+        p.get()
+    prompt_ids = tokenizer(PROBE_TEXT.split("Answer:")[0] + "Answer:")["input_ids"]
+    full = tokenizer(PROBE_TEXT)["input_ids"][:len(prompt_ids) + cfg.weight_sync.probe_tokens]
+    probe = make_probe(prompt_ids, full[len(prompt_ids):], tokenizer.pad_token_id or 0)
+    sync = BucketedWeightSync(actor, rollout, int(cfg.weight_sync.bucket_mb * 2**20), probe,
+                              verify=cfg.weight_sync.verify, tolerance=cfg.weight_sync.tolerance)
+    sync.check()  # engine and trainer start from the same checkpoint: prove it before step 1
+    return Workers(pool, actor, ref, rollout, sync, [rollout, trainers])
+
+
+def _as_dict(section) -> dict:
+    from dataclasses import asdict
+    return asdict(section)

@@ -1,0 +1,125 @@
+"""The rollout worker: one process per engine replica, behind the `RolloutEngine` seam.
+
+`generate` takes prompt token ids (non-tensor `prompt_ids`) and returns the padded sequence
+layout the trainer consumes (see workers/backends/base.py): the prompt left-padded to
+`meta["prompt_width"]`, the response right-padded to `meta["max_new_tokens"]`, so shards from
+all replicas concatenate; the driver trims all-padding columns afterwards.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+
+from orchestrator.batch import Batch
+from orchestrator.worker_group import Dispatch, register
+from workers.base import Worker
+from workers.engines import make_engine
+from workers.engines.base import SamplingSpec
+
+
+class RolloutWorker(Worker):
+    def __init__(self, model_path: str, engine: str = "vllm", engine_kwargs: dict | None = None,
+                 pad_token_id: int = 0, seed: int = 0):
+        super().__init__()
+        self.model_path, self.engine_kind = model_path, engine
+        self.engine_kwargs = dict(engine_kwargs or {})
+        self.pad_token_id, self.seed = pad_token_id, seed
+        self.engine = None
+
+    @register(dispatch=Dispatch.ONE_TO_ALL)
+    def setup(self) -> dict:
+        t0 = time.time()
+        # vLLM disables torch.set_num_threads for its whole process; give the engine the cores
+        # this worker was granted (the trainers are idle while it generates).
+        self.engine = make_engine(self.engine_kind, self.model_path, seed=self.seed + self.rank, **self.engine_kwargs)
+        return {"setup_s": time.time() - t0, "pid": os.getpid()}
+
+    @register(dispatch=Dispatch.DP_SPLIT)
+    def generate(self, batch: Batch) -> Batch:
+        m = batch.meta
+        spec = SamplingSpec(max_new_tokens=m["max_new_tokens"], temperature=m["temperature"], top_p=m["top_p"],
+                            top_k=m["top_k"], seed=None if m.get("seed") is None else m["seed"] * 1000 + self.rank,
+                            stop_token_ids=list(m["stop_token_ids"]))
+        prompts = [list(p) for p in batch["prompt_ids"]]
+        t0 = time.time()
+        completions = self.engine.generate(prompts, spec)
+        gen_s = time.time() - t0
+        out = pack_sequences(prompts, [c.token_ids for c in completions], [c.logprobs for c in completions],
+                             m["prompt_width"], m["max_new_tokens"], self.pad_token_id)
+        out.non_tensors["finish_reason"] = [c.finish_reason for c in completions]
+        out.meta[f"gen_s/rank{self.rank}"] = gen_s
+        return out
+
+    @register(dispatch=Dispatch.ONE_TO_ALL)
+    def score(self, sequences: list[list[int]], starts: list[int]) -> list[list[float]]:
+        return self.engine.score(sequences, starts)
+
+    # Weight sync: called by the trainer's rank 0 (load_weights) and the driver (begin/finish).
+    @register(dispatch=Dispatch.ONE_TO_ALL)
+    def begin_weight_update(self) -> None:
+        self.engine.begin_weight_update()
+
+    def load_weights(self, named_tensors: dict[str, torch.Tensor]) -> int:
+        self.engine.load_weights(named_tensors)
+        return len(named_tensors)
+
+    @register(dispatch=Dispatch.ONE_TO_ALL)
+    def finish_weight_update(self) -> None:
+        self.engine.finish_weight_update()
+
+    @register(dispatch=Dispatch.ONE_TO_ALL)
+    def sleep(self) -> None:
+        self.engine.sleep()
+
+    @register(dispatch=Dispatch.ONE_TO_ALL)
+    def wake_up(self) -> None:
+        self.engine.wake_up()
+
+    @register(dispatch=Dispatch.ONE_TO_ALL)
+    def close_engine(self) -> None:
+        if self.engine is not None:
+            self.engine.shutdown()
+            self.engine = None
+
+
+def pack_sequences(prompts: list[list[int]], responses: list[list[int]], logprobs: list[list[float]],
+                   prompt_width: int, response_width: int, pad_token_id: int) -> Batch:
+    """Left-pad prompts, right-pad responses, and build the masks and positions the trainer uses."""
+    b = len(prompts)
+    P, R = prompt_width, response_width
+    input_ids = torch.full((b, P + R), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((b, P + R), dtype=torch.long)
+    resp_logprobs = torch.zeros((b, R), dtype=torch.float32)
+    for i, (p, r, lp) in enumerate(zip(prompts, responses, logprobs)):
+        if len(p) > P or len(r) > R:
+            raise ValueError(f"row {i}: prompt {len(p)} / response {len(r)} tokens exceed widths {P} / {R}")
+        input_ids[i, P - len(p):P] = torch.tensor(p, dtype=torch.long)
+        attention_mask[i, P - len(p):P] = 1
+        if r:
+            input_ids[i, P:P + len(r)] = torch.tensor(r, dtype=torch.long)
+            attention_mask[i, P:P + len(r)] = 1
+            resp_logprobs[i, :len(r)] = torch.tensor(lp, dtype=torch.float32)
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    return Batch({
+        "input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
+        "responses": input_ids[:, P:].clone(), "response_mask": attention_mask[:, P:].clone(),
+        "rollout_logprobs": resp_logprobs,
+    })
+
+
+def trim_padding(batch: Batch) -> Batch:
+    """Drop prompt columns that are padding in every row (left) and response columns likewise
+    (right), so training does not pay for the widest possible shapes."""
+    P = batch["input_ids"].shape[1] - batch["responses"].shape[1]
+    prompt_mask = batch["attention_mask"][:, :P]
+    left = int((prompt_mask.sum(0) == 0).long().cumprod(0).sum().item())
+    r_used = int(batch["response_mask"].sum(0).nonzero().max().item()) + 1 if batch["response_mask"].any() else 1
+    out = Batch(dict(batch.tensors), dict(batch.non_tensors), dict(batch.meta))
+    for k in ("input_ids", "attention_mask", "position_ids"):
+        out.tensors[k] = batch[k][:, left:P + r_used]
+    for k, v in batch.tensors.items():
+        if k not in ("input_ids", "attention_mask", "position_ids") and v.dim() == 2 and v.shape[1] == batch["responses"].shape[1]:
+            out.tensors[k] = v[:, :r_used]
+    return out
