@@ -22,6 +22,9 @@ WORKER_ENV = {
     "HF_HUB_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),  # engine INFO lines drown the run's
+    "TRANSFORMERS_VERBOSITY": os.environ.get("TRANSFORMERS_VERBOSITY", "error"),
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
 }
 
 

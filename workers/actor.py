@@ -121,15 +121,18 @@ class ActorWorker(Worker):
         """Collective: gather full tensors bucket by bucket; rank 0 ships each bucket to every
         rollout replica through the object store (one copy, read by all) and waits for it to be
         loaded before gathering the next, so no rank holds more than one bucket beyond its shard."""
-        sent, n_buckets, t0 = 0, 0, time.time()
+        sent, n_buckets, send_s, t0 = 0, 0, 0.0, time.time()
         for bucket in self.backend.iter_param_buckets(bucket_bytes):
             n_buckets += 1
             if self.rank == 0:
+                t1 = time.time()
                 ref = ray.put(bucket)
                 ray.get([a.call.remote(SINGLE_ROLE, "load_weights", [ref], {}) for a in rollout_actors])
                 sent += sum(t.numel() * t.element_size() for t in bucket.values())
+                send_s += time.time() - t1
             del bucket
-        return {"bytes": sent, "buckets": n_buckets, "seconds": time.time() - t0}
+        total = time.time() - t0
+        return {"bytes": sent, "buckets": n_buckets, "seconds": total, "send_s": send_s, "gather_s": total - send_s}
 
     @register(dispatch=Dispatch.ONE_TO_ALL)
     def save(self, path: str, with_optimizer: bool = True) -> None:

@@ -43,6 +43,8 @@ class SyncReport:
     buckets: int
     verified: bool
     max_abs_diff: float     # worst |log p_trainer - log p_engine| over probe tokens and replicas
+    gather_seconds: float = 0.0  # rank 0: gathering shards into full buckets
+    send_seconds: float = 0.0    # rank 0: object store + engine load, waited on
 
 
 class WeightSync(ABC):
@@ -78,7 +80,8 @@ class BucketedWeightSync(WeightSync):
         transfer_s = time.time() - t0
         max_diff = self.check() if self.verify else float("nan")
         return SyncReport(seconds=time.time() - t0, transfer_seconds=transfer_s, bytes=stats[0]["bytes"],
-                          buckets=stats[0]["buckets"], verified=self.verify, max_abs_diff=max_diff)
+                          buckets=stats[0]["buckets"], verified=self.verify, max_abs_diff=max_diff,
+                          gather_seconds=stats[0]["gather_s"], send_seconds=stats[0]["send_s"])
 
     def check(self) -> float:
         """Trainer vs every engine replica on the probe; raises WeightSyncError past tolerance."""

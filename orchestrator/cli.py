@@ -1,0 +1,59 @@
+"""`hyflow` command line.
+
+    hyflow train configs/quickstart.yaml [key.path=value ...]   # run a recipe with overrides
+    hyflow train --help                                          # every recipe key, type, default
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+# Process-wide settings that must precede torch / ray / vllm imports (see README "Environment").
+_ENV = {"TORCH_COMPILE_DISABLE": "1", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "VLLM_HOST_IP": "127.0.0.1",
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+        "MASTER_ADDR": "127.0.0.1", "RAY_DEDUP_LOGS": "0"}
+
+
+def _train(argv: list[str]) -> int:
+    from orchestrator.config import ConfigError, Config, describe, load_config
+
+    parser = argparse.ArgumentParser(
+        prog="hyflow train", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train with a YAML recipe and dotted overrides, e.g.\n"
+                    "  hyflow train configs/quickstart.yaml trainer.total_steps=3 trainer.output_dir=/tmp/run",
+        epilog="recipe keys (override any of them as key.path=value):\n" + describe(Config))
+    parser.add_argument("config", help="YAML recipe (configs/*.yaml)")
+    parser.add_argument("overrides", nargs="*", help="key.path=value")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"hyflow train: {e}", file=sys.stderr)
+        return 2
+
+    from orchestrator.trainer import Trainer
+
+    trainer = Trainer(cfg)
+    try:
+        trainer.fit()
+    finally:
+        trainer.shutdown()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    for k, v in _ENV.items():
+        os.environ.setdefault(k, v)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    argv = sys.argv[1:] if argv is None else argv
+    commands = {"train": _train}
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
+        print(__doc__.strip())
+        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    return commands[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Run-directory outputs: metrics.jsonl (one JSON object per step), console lines, reward.png."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+
+class Timer:
+    """`with timer("rollout"):` accumulates wall seconds under `timing/rollout_s`."""
+
+    def __init__(self):
+        self.times: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            key = f"timing/{name}_s"
+            self.times[key] = self.times.get(key, 0.0) + time.perf_counter() - t0
+
+
+class MetricsLog:
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / "metrics.jsonl"
+        self.rows: list[dict] = []
+        if self.path.exists():  # a resumed run keeps its history
+            self.rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def log(self, row: dict) -> None:
+        row = {k: _plain(v) for k, v in row.items()}
+        self.rows.append(row)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def plot_reward(self, filename: str = "reward.png") -> Path:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        steps = [r["step"] for r in self.rows if "reward/mean" in r]
+        rewards = [r["reward/mean"] for r in self.rows if "reward/mean" in r]
+        fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+        ax.plot(steps, rewards, marker="o", label="train reward (sampled)")
+        val = [(r["step"], r["val/accuracy"]) for r in self.rows if "val/accuracy" in r]
+        if val:
+            ax.plot(*zip(*val), marker="s", linestyle="--", label="val accuracy (greedy)")
+        ax.set_xlabel("step")
+        ax.set_ylabel("reward")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize=8)
+        fig.tight_layout()
+        out = self.run_dir / filename
+        fig.savefig(out)
+        plt.close(fig)
+        return out
+
+
+def _plain(v):
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None if math.isnan(v) else str(v)
+    return v
+
+
+def console_line(row: dict) -> str:
+    keys = [("reward/mean", "reward", "{:.3f}"), ("response_length/mean", "len", "{:.0f}"),
+            ("actor/pg_loss", "pg", "{:+.4f}"), ("actor/kl", "kl", "{:.4f}"), ("actor/entropy", "ent", "{:.3f}"),
+            ("timing/step_s", "step_s", "{:.1f}"), ("sync/max_abs_diff", "sync_diff", "{:.1e}"),
+            ("val/accuracy", "val_acc", "{:.3f}")]
+    parts = [f"step {row['step']}"]
+    parts += [f"{short}={fmt.format(row[k])}" for k, short, fmt in keys if isinstance(row.get(k), (int, float))]
+    return "  ".join(parts)

@@ -1,0 +1,177 @@
+"""The controller loop: one driver process dispatching phases to worker groups on Ray.
+
+    hyflow train configs/quickstart.yaml trainer.total_steps=3
+
+`Trainer.step` is the algorithm (GRPO / PPO-style, critic-free here):
+generate -> reward -> ref / old log-probs -> advantages -> update -> sync weights.
+Everything else (placement, setup, checkpoints, logging) is in `build_workers` and `fit`.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import algorithms
+from orchestrator.batch import Batch
+from orchestrator.checkpoint import save_checkpoint
+from orchestrator.config import Config, save_yaml
+from orchestrator.data import PromptDataset, load_task_problems
+from orchestrator.metrics import MetricsLog, Timer, console_line
+from orchestrator.model_prep import resolve_model_path
+from orchestrator.placement import Workers, build_workers
+from workers.reward import RewardFn
+from workers.rollout import trim_padding
+
+log = logging.getLogger("hyflow")
+
+
+class Trainer:
+    def __init__(self, cfg: Config):
+        from transformers import AutoTokenizer
+
+        self.cfg, self.run_dir = cfg, Path(cfg.trainer.output_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_yaml(cfg, self.run_dir / "config.yaml")
+        self.model_path = resolve_model_path(cfg.model.path)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        d = cfg.data
+        problems = load_task_problems(d)
+        n_val = min(d.val_size, len(problems) // 2)
+        source = d.train_path or "generated math problems"
+        self.data = PromptDataset(problems[:len(problems) - n_val], self.tokenizer, d.max_prompt_tokens, d.batch_size,
+                                  d.shuffle, d.seed, d.system_prompt, cfg.model.chat_template, source=source)
+        # Held-out problems for greedy validation (the last val_size of the source).
+        self.val = PromptDataset(problems[len(problems) - n_val:], self.tokenizer, d.max_prompt_tokens, 1,
+                                 False, d.seed, d.system_prompt, cfg.model.chat_template, source=source) if n_val else None
+        self.reward = RewardFn(cfg.reward.function, self.tokenizer, cfg.reward.crash_penalty)
+        self.advantage = algorithms.get_advantage_estimator(cfg.algorithm.advantage)
+        self.w: Workers = build_workers(cfg, self.model_path, self.tokenizer)
+        self.metrics = MetricsLog(self.run_dir)
+        self.global_step = 0
+
+    # ------------------------------------------------------------------ one step
+    def step(self) -> dict:
+        cfg, w, t = self.cfg, self.w, Timer()
+        with t("step"):
+            prompts = self.data.next_batch().repeat(cfg.rollout.n)   # groups stay adjacent
+            prompts.meta.update(self.sampling_meta(prompts, seed=cfg.trainer.seed + self.global_step))
+            with t("rollout"):
+                batch = trim_padding(w.rollout.generate(prompts)).union(prompts)
+            with t("reward"):
+                batch["scores"], reward_metrics = self.reward(batch)
+            if w.ref is not None:
+                with t("ref"):
+                    batch["ref_logprobs"] = w.ref.compute_logprobs(batch)["logprobs"]
+            if self.needs_old_logprobs():
+                with t("old_logprobs"):
+                    batch["old_logprobs"] = w.actor.compute_logprobs(batch)["logprobs"]
+            batch["advantages"] = self.advantage(scores=batch["scores"], group_ids=batch["uid"],
+                                                 mask=batch["response_mask"], **self.advantage_options())
+            with t("train"):
+                w.rollout.sleep()
+                train_metrics = w.actor.update(batch)
+            with t("sync"):
+                w.rollout.wake_up()
+                sync = w.weight_sync.sync()
+        self.global_step += 1
+        return self.step_metrics(batch, reward_metrics, train_metrics, sync, t.times)
+
+    # ------------------------------------------------------------------ the run
+    def fit(self) -> dict:
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        self.log_row({"step": 0, **self.validate()})
+        bar = tqdm(range(self.global_step, cfg.trainer.total_steps), desc="train", unit="step",
+                   disable=not cfg.trainer.progress, dynamic_ncols=True)
+        last = {}
+        for _ in bar:
+            last = self.step()
+            if cfg.trainer.val_every and self.global_step % cfg.trainer.val_every == 0 \
+                    and self.global_step != cfg.trainer.total_steps:
+                last.update(self.validate())
+            if self.global_step == cfg.trainer.total_steps:
+                last.update(self.validate())
+            self.log_row(last)
+            bar.set_postfix(reward=f"{last['reward/mean']:.3f}", step_s=f"{last['timing/step_s']:.0f}")
+            if cfg.trainer.save_every and self.global_step % cfg.trainer.save_every == 0:
+                self.save()
+        ckpt = self.save()
+        png = self.metrics.plot_reward()
+        log.info("done: checkpoint %s, reward curve %s", ckpt, png)
+        return last
+
+    def validate(self) -> dict:
+        """Greedy accuracy on a fixed slice of the data (no training signal, no cursor change)."""
+        if self.val is None:
+            return {}
+        n = len(self.val)
+        rows = self.val.rows(np.arange(n))
+        rows.meta.update(self.sampling_meta(rows, seed=0, greedy=True))
+        batch = trim_padding(self.w.rollout.generate(rows)).union(rows)
+        scores, _ = self.reward(batch)
+        return {"val/accuracy": scores.mean().item(), "val/n": n}
+
+    def save(self) -> Path:
+        state = {"data": self.data.state_dict(), "seed": self.cfg.trainer.seed}
+        return save_checkpoint(self.run_dir, self.global_step, self.w.actor, state)
+
+    def log_row(self, row: dict) -> None:
+        self.metrics.log(row)
+        if self.cfg.trainer.log_every and row["step"] % self.cfg.trainer.log_every == 0:
+            log.info(console_line(row))
+
+    # ------------------------------------------------------------------ helpers
+    def needs_old_logprobs(self) -> bool:
+        """With one PPO epoch over one mini-batch the policy is unchanged when the loss is taken,
+        so old log-probs equal the detached current ones: skip the extra forward pass."""
+        a = self.cfg.actor
+        total = self.cfg.data.batch_size * self.cfg.rollout.n
+        return a.ppo_epochs > 1 or (a.mini_batch_size not in (0, total))
+
+    def advantage_options(self) -> dict:
+        """The algorithm options this estimator accepts (the registry decides what is called)."""
+        a = self.cfg.algorithm
+        accepted = inspect.signature(self.advantage).parameters
+        return {k: v for k, v in {"norm_by_std": a.norm_by_std, "eps": a.eps}.items() if k in accepted}
+
+    def sampling_meta(self, prompts: Batch, seed: int, greedy: bool = False) -> dict:
+        r = self.cfg.rollout
+        return {"max_new_tokens": r.max_new_tokens, "temperature": 0.0 if greedy else r.temperature,
+                "top_p": 1.0 if greedy else r.top_p, "top_k": -1 if greedy else r.top_k, "seed": seed,
+                "stop_token_ids": [self.tokenizer.eos_token_id],
+                "prompt_width": max(len(p) for p in prompts["prompt_ids"])}
+
+    def step_metrics(self, batch: Batch, reward_metrics: dict, train: Batch, sync, times: dict) -> dict:
+        mask = batch["response_mask"]
+        resp_len = mask.sum(-1).float()
+        n_tokens = int(batch["attention_mask"].sum())
+        row = {"step": self.global_step, "reward/mean": batch["scores"].mean().item(),
+               "reward/std": batch["scores"].std().item() if len(batch) > 1 else 0.0,
+               "response_length/mean": resp_len.mean().item(), "response_length/max": resp_len.max().item(),
+               "response/clip_ratio": float(np.mean([f == "length" for f in batch["finish_reason"]])),
+               **reward_metrics}
+        ranks = [v for k, v in train.meta.items() if k.startswith("metrics/rank")]
+        for k in ranks[0]:
+            vals = [r[k] for r in ranks]
+            # grad_norm and lr are global already; the rest are per-rank contributions to a global mean.
+            row[f"actor/{k}"] = float(np.mean(vals)) if k in ("grad_norm", "lr") else float(np.sum(vals))
+        row.setdefault("actor/kl", 0.0)
+        if "old_logprobs" in batch:
+            diff = (batch["old_logprobs"] - batch["rollout_logprobs"]).abs() * mask
+            row["rollout/logprob_diff_mean"] = (diff.sum() / mask.sum()).item()
+        row.update(times)
+        row["throughput/tokens_per_s"] = n_tokens / times["timing/step_s"]
+        row["throughput/rollout_tokens_per_s"] = mask.sum().item() / times["timing/rollout_s"]
+        row.update({"sync/bytes": sync.bytes, "sync/buckets": sync.buckets, "sync/verified": sync.verified,
+                    "sync/max_abs_diff": sync.max_abs_diff, "sync/transfer_s": sync.transfer_seconds,
+                    "sync/gather_s": sync.gather_seconds, "sync/send_s": sync.send_seconds})
+        return row
+
+    def shutdown(self) -> None:
+        self.w.shutdown()
