@@ -85,8 +85,9 @@ class BucketedWeightSync(WeightSync):
 
     def check(self) -> float:
         """Trainer vs every engine replica on the probe; raises WeightSyncError past tolerance."""
+        pending = self.rollout.submit("score", [self._seq], [self._start])  # both sides at once
         trainer = self.actor.compute_logprobs(self.probe)["logprobs"][0]
-        engines = self.rollout.score([self._seq], [self._start])
+        engines = pending.get()
         worst = 0.0
         for replica, scores in enumerate(engines):
             engine = torch.tensor(scores[0], dtype=torch.float32)
