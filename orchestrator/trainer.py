@@ -84,26 +84,31 @@ class Trainer:
     # ------------------------------------------------------------------ the run
     def fit(self) -> dict:
         from tqdm import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
 
         cfg = self.cfg
         self.log_row({"step": 0, **self.validate()})
         bar = tqdm(range(self.global_step, cfg.trainer.total_steps), desc="train", unit="step",
                    disable=not cfg.trainer.progress, dynamic_ncols=True)
-        last = {}
-        for _ in bar:
-            last = self.step()
-            if cfg.trainer.val_every and self.global_step % cfg.trainer.val_every == 0 \
-                    and self.global_step != cfg.trainer.total_steps:
-                last.update(self.validate())
-            if self.global_step == cfg.trainer.total_steps:
-                last.update(self.validate())
-            self.log_row(last)
-            bar.set_postfix(reward=f"{last['reward/mean']:.3f}", step_s=f"{last['timing/step_s']:.0f}")
-            if cfg.trainer.save_every and self.global_step % cfg.trainer.save_every == 0:
-                self.save()
+        with logging_redirect_tqdm():  # metric lines print above the bar, not through it
+            last = self._loop(bar)
         ckpt = self.save()
         png = self.metrics.plot_reward()
         log.info("done: checkpoint %s, reward curve %s", ckpt, png)
+        return last
+
+    def _loop(self, bar) -> dict:
+        cfg, last = self.cfg, {}
+        for _ in bar:
+            last = self.step()
+            every = cfg.trainer.val_every
+            if self.global_step == cfg.trainer.total_steps or (every and self.global_step % every == 0):
+                last.update(self.validate())
+            self.log_row(last)
+            bar.set_postfix(reward=f"{last['reward/mean']:.3f}", step_s=f"{last['timing/step_s']:.0f}")
+            if cfg.trainer.save_every and self.global_step % cfg.trainer.save_every == 0 \
+                    and self.global_step != cfg.trainer.total_steps:
+                self.save()
         return last
 
     def validate(self) -> dict:

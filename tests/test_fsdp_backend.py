@@ -207,8 +207,10 @@ def test_forward_logprobs_two_ranks_match_single_process(ray_cluster, ranks, tin
     ent = torch.cat([o[1] for o in outs])
     with torch.no_grad():
         ref_lp, ref_ent = response_logprobs(plain_model, batch, 0.8, True)
-    torch.testing.assert_close(lp, ref_lp, atol=1e-5, rtol=0)
-    torch.testing.assert_close(ent, ref_ent, atol=1e-5, rtol=0)
+    # Micro-batches drop their own all-padding columns, so matmul shapes (and fp32 summation
+    # order) differ from the whole-batch reference: allow 1e-6 relative on top of 1e-5.
+    torch.testing.assert_close(lp, ref_lp, atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(ent, ref_ent, atol=1e-5, rtol=1e-6)
     assert on_all(ray_cluster, ranks, "call", ("forward_logprobs", batch, 4))[0][1] is None
 
 

@@ -18,6 +18,7 @@ from algorithms.losses import aggregate, kl_penalty, masked_mean
 from orchestrator.batch import Batch
 from orchestrator.worker_group import SINGLE_ROLE, Dispatch, Execute, register
 from workers.backends import make_backend
+from workers.backends.base import length_order
 from workers.base import Worker
 from workers.dist import init_distributed
 
@@ -79,7 +80,9 @@ class ActorWorker(Worker):
             for mb in batch.chunks_of(mini):
                 global_tokens = _all_reduce_sum(mb["response_mask"].sum().item())
                 global_rows = _all_reduce_sum((mb["response_mask"].sum(-1) > 0).sum().item())
-                micro_batches = mb.chunks_of(c["micro_batch_size"])
+                # Similar lengths per micro-batch (less padding); the loss is a sum over the
+                # mini-batch, so the grouping does not change the update.
+                micro_batches = mb.select(length_order(mb)).chunks_of(c["micro_batch_size"])
 
                 def loss_fn(micro: Batch, logprobs: torch.Tensor, entropy: torch.Tensor):
                     mask = micro["response_mask"].to(logprobs.dtype)

@@ -54,3 +54,9 @@ class TrainingBackend(ABC):
 
     @abstractmethod
     def save_hf(self, path: str) -> None: ...
+
+
+def length_order(batch: Batch) -> torch.Tensor:
+    """Row order by sequence length (stable), so micro-batches hold similar lengths and each
+    pays only for its own width (backends drop all-padding columns per micro-batch)."""
+    return torch.argsort(batch["attention_mask"].sum(-1), stable=True)

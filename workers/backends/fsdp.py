@@ -29,7 +29,7 @@ from torch.distributed.tensor import DTensor
 
 from orchestrator.batch import Batch
 from workers import dist as hdist
-from workers.backends.base import LossFn, TrainingBackend
+from workers.backends.base import LossFn, TrainingBackend, length_order
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +69,13 @@ def response_logprobs(model: torch.nn.Module, batch: Batch, temperature: float =
 
     Pure: works on a plain HF model or an FSDP2-sharded one, grad mode is the caller's. The token
     at response position j is predicted by the logits at sequence position P-1+j; only those R
-    positions go through the lm_head (`logits_to_keep`), the softmax runs in float32.
+    positions go through the lm_head (`logits_to_keep`), the softmax runs in float32. Columns that
+    are padding in every row are not computed; padding positions report 0.
     """
-    _, r = _check_layout(batch)
+    _, r_full = _check_layout(batch)
     if not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
-    t = batch.tensors
+    t, r = _drop_padding_columns(batch.tensors, r_full)
     kwargs = {}
     if "logits_to_keep" in inspect.signature(model.forward).parameters:
         kwargs["logits_to_keep"] = r + 1  # positions P-1 .. P+R-1; the last one predicts nothing we need
@@ -89,7 +90,30 @@ def response_logprobs(model: torch.nn.Module, batch: Batch, temperature: float =
     if with_entropy:
         # -(p * logp).sum() == lse - (p * logits).sum(): no second [b, R, V] log-softmax tensor
         entropy = lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+    # Padding positions report 0, whether or not their column was dropped above.
+    valid = t["attention_mask"][:, -r:].to(logprobs.dtype)
+    logprobs = logprobs * valid
+    entropy = None if entropy is None else entropy * valid
+    if r < r_full:
+        logprobs = torch.nn.functional.pad(logprobs, (0, r_full - r))
+        entropy = None if entropy is None else torch.nn.functional.pad(entropy, (0, r_full - r))
     return logprobs, entropy
+
+
+def _drop_padding_columns(t: dict, r: int) -> tuple[dict, int]:
+    """Slice off columns that are padding in every row: leading prompt padding (left-padded) and
+    trailing response padding. Micro-batches of similar lengths then cost only their own width.
+    Positions are explicit (`position_ids`), so dropping leading pad columns changes nothing."""
+    attn = t["attention_mask"]
+    p = attn.shape[1] - r
+    used = attn.bool().any(0)
+    left = int(used[:p].long().argmax()) if used[:p].any() else p
+    r_used = int(used[p:].nonzero().max()) + 1 if used[p:].any() else 1
+    if left == 0 and r_used == r:
+        return t, r
+    keep = {k: v[:, left:p + r_used] for k, v in t.items() if k in ("input_ids", "attention_mask", "position_ids")}
+    keep["responses"] = t["responses"][:, :r_used]
+    return keep, r_used
 
 
 def _find_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
@@ -190,7 +214,8 @@ class FSDPBackend(TrainingBackend):
         Collective: every rank must call it with the same number of micro-batches."""
         model = self._require_model()
         _check_layout(batch)
-        chunks = batch.chunks_of(micro_batch_size)
+        order = length_order(batch)  # similar lengths share a micro-batch: less padding computed
+        chunks = batch.select(order).chunks_of(micro_batch_size)
         self._same_on_all_ranks(len(chunks), "number of forward micro-batches")
         lps, ents = [], []
         for mb in chunks:
@@ -198,7 +223,9 @@ class FSDPBackend(TrainingBackend):
             lps.append(lp.cpu())
             if with_entropy:
                 ents.append(ent.cpu())
-        return torch.cat(lps), (torch.cat(ents) if with_entropy else None)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(len(order))
+        return torch.cat(lps)[inverse], (torch.cat(ents)[inverse] if with_entropy else None)
 
     # --------------------------------------------------------------- training
     def train_step(self, micro_batches: list[Batch], loss_fn: LossFn, temperature: float = 1.0) -> dict[str, float]:
