@@ -65,4 +65,8 @@ def test_checkpoint_reloads_with_transformers(quickstart_run):
     t, b = dict(trained.named_parameters()), dict(base.named_parameters())
     assert t.keys() == b.keys()
     changed = sum(not torch.equal(t[k], b[k]) for k in t)
-    assert changed > len(t) // 2, f"only {changed} of {len(t)} tensors changed after 2 updates"
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    if any(r.get("actor/grad_norm", 0) > 0 for r in rows):  # a step with signal moves (almost) every tensor
+        assert changed > len(t) // 2, f"only {changed} of {len(t)} tensors changed after 2 updates"
+    else:  # all groups had equal rewards: zero advantages, Adam leaves the weights exactly as they were
+        assert changed == 0
