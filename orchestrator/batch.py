@@ -66,6 +66,10 @@ class Batch:
             self.tensors.pop(key, None)
             self.non_tensors[key] = _as_object_array(value)
 
+    def update(self, fields: dict) -> None:
+        for k, v in fields.items():
+            self[k] = v
+
     def keys(self) -> list[str]:
         return list(self.tensors) + list(self.non_tensors)
 

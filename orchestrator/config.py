@@ -155,8 +155,15 @@ class AlgorithmConfig:
     policy_loss: str = _f("ppo_clip", "policy loss (a registry name)")
     norm_by_std: bool = _f(True, "divide group-relative advantages by the group's reward std")
     eps: float = _f(1e-6, "added to the std before dividing")
+    gamma: float = _f(1.0, "discount over tokens (GAE, REINFORCE++) or env steps (GiGPO, whose paper uses 0.95)")
+    lam: float = _f(1.0, "GAE lambda")
+    omega: float = _f(1.0, "GiGPO: weight of the step-level (anchor-state) advantage")
+    episode_stats: Literal["step_samples", "trajectories"] = _f(
+        "step_samples", "GiGPO: episode mean/std over all step-samples (reference code) or over trajectories (paper)")
 
     def validate(self) -> None:
+        _check(0 <= self.gamma <= 1, "algorithm.gamma", f"must be in [0, 1], got {self.gamma}")
+        _check(0 <= self.lam <= 1, "algorithm.lam", f"must be in [0, 1], got {self.lam}")
         _check(bool(self.advantage.strip()), "algorithm.advantage", "must not be empty")
         _check(bool(self.policy_loss.strip()), "algorithm.policy_loss", "must not be empty")
         _check(self.eps > 0, "algorithm.eps", f"must be > 0, got {self.eps}")

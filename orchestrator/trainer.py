@@ -70,8 +70,8 @@ class Trainer:
             if self.needs_old_logprobs():
                 with t("old_logprobs"):
                     batch["old_logprobs"] = w.actor.compute_logprobs(batch)["logprobs"]
-            batch["advantages"] = self.advantage(scores=batch["scores"], group_ids=batch["uid"],
-                                                 mask=batch["response_mask"], **self.advantage_options())
+            adv = self.advantage(**self.advantage_inputs(batch))
+            batch.update(adv if isinstance(adv, dict) else {"advantages": adv})
             with t("train"):
                 w.rollout.sleep()
                 train_metrics = w.actor.update(batch)
@@ -139,11 +139,29 @@ class Trainer:
         total = self.cfg.data.batch_size * self.cfg.rollout.n
         return a.ppo_epochs > 1 or (a.mini_batch_size not in (0, total))
 
-    def advantage_options(self) -> dict:
-        """The algorithm options this estimator accepts (the registry decides what is called)."""
+    def advantage_inputs(self, batch: Batch) -> dict:
+        """What the registered estimator declares, by parameter name: batch fields (`scores`,
+        `group_ids`, `mask`, `values`, `step_rewards`, ...) and `algorithm.*` options. The
+        controller never looks at the estimator's name."""
+        params = inspect.signature(self.advantage).parameters
+        open_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        fields = {"group_ids": "uid", "mask": "response_mask"}
+        out = {}
+        for name in ("scores", "group_ids", "mask", "values", "token_rewards", "step_rewards", "traj_ids",
+                     "step_ids", "anchors", "step_state_ids"):
+            key = fields.get(name, name)
+            if (name in params or open_kwargs) and key in batch:
+                out[name] = batch[key]
         a = self.cfg.algorithm
-        accepted = inspect.signature(self.advantage).parameters
-        return {k: v for k, v in {"norm_by_std": a.norm_by_std, "eps": a.eps}.items() if k in accepted}
+        options = {"norm_by_std": a.norm_by_std, "eps": a.eps, "gamma": a.gamma, "lam": a.lam, "omega": a.omega,
+                   "episode_stats": a.episode_stats}
+        out.update({k: v for k, v in options.items() if k in params})
+        missing = [n for n, p in params.items() if p.default is p.empty and n not in out
+                   and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+        if missing:
+            raise ValueError(f"advantage estimator {a.advantage!r} needs {missing}, which this run's batches "
+                             f"do not carry (have {sorted(batch.keys())})")
+        return out
 
     def sampling_meta(self, prompts: Batch, seed: int, greedy: bool = False) -> dict:
         r = self.cfg.rollout
@@ -160,6 +178,8 @@ class Trainer:
                "reward/std": batch["scores"].std().item() if len(batch) > 1 else 0.0,
                "response_length/mean": resp_len.mean().item(), "response_length/max": resp_len.max().item(),
                "response/clip_ratio": float(np.mean([f == "length" for f in batch["finish_reason"]])),
+               "advantages/mean": batch["advantages"][mask.bool()].mean().item() if mask.any() else 0.0,
+               "advantages/abs_max": batch["advantages"].abs().max().item(),
                **reward_metrics}
         ranks = [v for k, v in train.meta.items() if k.startswith("metrics/rank")]
         for k in ranks[0]:
