@@ -91,9 +91,10 @@ def compute_gae(token_rewards, values, mask: torch.Tensor, gamma: float, lam: fl
 @register_advantage_estimator("gae")
 def gae_advantage(scores, group_ids, mask, values, token_rewards=None, gamma: float = 1.0,
                   lam: float = 1.0, whiten: bool = True):
-    """Registered "gae": compute_gae advantages, whitened over the batch's response tokens with
-    losses.masked_whiten unless whiten=False. group_ids is unused (no grouping in PPO)."""
+    """Registered "gae": {"advantages": compute_gae advantages, whitened over the batch's response
+    tokens with losses.masked_whiten unless whiten=False, "returns": the raw returns (the critic's
+    targets)}. group_ids is unused (no grouping in PPO)."""
     if token_rewards is None:
         token_rewards = outcome_token_rewards(scores, mask)
-    adv, _ = compute_gae(token_rewards, values, mask, gamma, lam)
-    return masked_whiten(adv, mask) if whiten else adv
+    adv, returns = compute_gae(token_rewards, values, mask, gamma, lam)
+    return {"advantages": masked_whiten(adv, mask) if whiten else adv, "returns": returns}

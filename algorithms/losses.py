@@ -1,4 +1,5 @@
-"""Token-level loss pieces: masked statistics, loss aggregation, PPO clip, KL estimators, entropy.
+"""Token-level loss pieces: masked statistics, loss aggregation, PPO clip, value-clipped critic
+loss, KL estimators, entropy.
 
 Masks are 0/1 (bool, int or float) with the shape of the per-token tensor. Values at masked-out
 positions never reach a result (they may be inf/nan padding), not even through gradients.
@@ -129,6 +130,38 @@ def ppo_clip_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages
         "ppo_kl": masked_mean(-log_ratio, mask).detach(),
     }
     return aggregate(loss, mask, agg, norm_const=norm_const, global_tokens=global_tokens), metrics
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+               clip_range_value: float | None, agg: str = "token-mean", global_tokens: float | None = None,
+               norm_const: float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Value-clipped critic loss (the PPO baselines / verl form): per token
+    ½·max((V − R)², (clip(V, V_old − ε_v, V_old + ε_v) − R)²), aggregated with ``aggregate(agg)``.
+
+    The clipped branch keeps the critic from moving a value far from the one the advantages were
+    computed with; ``clip_range_value=None`` gives the plain ½(V − R)². Metrics (detached, over this
+    call's masked tokens): vf_clipfrac (the clipped error is strictly larger), vpred_mean (mean V).
+    """
+    if clip_range_value is not None and not clip_range_value >= 0:
+        raise ValueError(f"clip_range_value must be >= 0 (or None), got {clip_range_value}")
+    for name, t in (("old_values", old_values), ("returns", returns), ("mask", mask)):
+        if t.shape != values.shape:
+            raise ValueError(f"{name} shape {tuple(t.shape)} != values shape {tuple(values.shape)}")
+    valid = mask.to(values.device) != 0
+    zero = torch.zeros((), dtype=values.dtype, device=values.device)
+    v = torch.where(valid, values, zero)
+    ret = torch.where(valid, returns.to(values.dtype), zero)
+    err = (v - ret) ** 2
+    clipped = torch.zeros_like(valid)
+    if clip_range_value is not None:
+        old = torch.where(valid, old_values.to(values.dtype), zero)
+        v_clip = old + (v - old).clamp(-clip_range_value, clip_range_value)
+        err_clip = (v_clip - ret) ** 2
+        clipped = err_clip > err
+        err = torch.maximum(err, err_clip)
+    metrics = {"vf_clipfrac": masked_mean(clipped.to(values.dtype), mask).detach(),
+               "vpred_mean": masked_mean(values.detach(), mask)}
+    return 0.5 * aggregate(err, mask, agg, norm_const=norm_const, global_tokens=global_tokens), metrics
 
 
 def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str = "k3") -> torch.Tensor:

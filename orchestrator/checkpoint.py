@@ -1,5 +1,6 @@
 """Checkpoints: `checkpoints/step_N/` = `hf/` (an HF model folder), `actor/` (sharded model +
-optimizer state), `trainer_state.json` (step, data cursor, RNG seeds).
+optimizer state), with PPO `critic/` and `critic_hf/`, and `trainer_state.json` (step, data
+cursor, seeds, KL controller).
 
 A checkpoint is written to `step_N.tmp/` and renamed when complete, so a crash mid-save never
 leaves a half checkpoint that looks whole, and never touches the previous ones. On a multi-node
@@ -19,13 +20,17 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"step_{step}"
 
 
-def save_checkpoint(run_dir: Path, step: int, actor_group, trainer_state: dict, keep_last: int | None = None) -> Path:
+def save_checkpoint(run_dir: Path, step: int, actor_group, trainer_state: dict, keep_last: int | None = None,
+                    critic=None) -> Path:
     final = checkpoint_dir(run_dir, step)
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     actor_group.save_hf(str(tmp / "hf"))
     actor_group.save(str(tmp / "actor"), True)
+    if critic is not None:  # PPO: the value model too (sharded + an HF token-classification folder)
+        critic.save(str(tmp / "critic"), True)
+        critic.save_hf(str(tmp / "critic_hf"))
     (tmp / STATE_FILE).write_text(json.dumps({"step": step, **trainer_state}, indent=1))
     if final.exists():
         shutil.rmtree(final)

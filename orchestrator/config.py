@@ -160,13 +160,41 @@ class AlgorithmConfig:
     omega: float = _f(1.0, "GiGPO: weight of the step-level (anchor-state) advantage")
     episode_stats: Literal["step_samples", "trajectories"] = _f(
         "step_samples", "GiGPO: episode mean/std over all step-samples (reference code) or over trajectories (paper)")
+    kl_in_reward: bool = _f(False, "subtract kl_reward_coef * KL(old || ref) from each token's reward (needs a reference)")
+    kl_reward_coef: float = _f(0.0, "initial KL-in-reward coefficient beta")
+    kl_reward_estimator: Literal["k1", "k2", "k3"] = _f("k1", "per-token KL estimator for the in-reward penalty")
+    kl_ctrl: Literal["fixed", "adaptive"] = _f("fixed", "KL-in-reward coefficient: fixed, or adaptive (Ziegler et al. 2019)")
+    kl_target: float = _f(0.1, "adaptive controller: target KL per sequence")
+    kl_horizon: int = _f(10000, "adaptive controller: horizon in samples")
 
     def validate(self) -> None:
+        _check(self.kl_reward_coef >= 0, "algorithm.kl_reward_coef", f"must be >= 0, got {self.kl_reward_coef}")
+        _check(self.kl_horizon > 0, "algorithm.kl_horizon", f"must be > 0, got {self.kl_horizon}")
         _check(0 <= self.gamma <= 1, "algorithm.gamma", f"must be in [0, 1], got {self.gamma}")
         _check(0 <= self.lam <= 1, "algorithm.lam", f"must be in [0, 1], got {self.lam}")
         _check(bool(self.advantage.strip()), "algorithm.advantage", "must not be empty")
         _check(bool(self.policy_loss.strip()), "algorithm.policy_loss", "must not be empty")
         _check(self.eps > 0, "algorithm.eps", f"must be > 0, got {self.eps}")
+
+
+@dataclass
+class CriticConfig:
+    lr: float = _f(1e-5, "critic AdamW learning rate")
+    weight_decay: float = _f(0.0, "critic AdamW weight decay")
+    betas: list[float] = _f([0.9, 0.999], "critic AdamW betas")
+    grad_clip: float = _f(1.0, "clip the critic's global gradient norm")
+    ppo_epochs: int = _f(1, "critic passes over each batch")
+    mini_batch_size: int = _f(0, "samples per critic optimizer step over all ranks (0 = whole batch)")
+    micro_batch_size: int = _f(4, "samples per critic forward/backward on each rank")
+    cliprange_value: Optional[float] = _f(0.5, "value clipping around the old values (null = off)")
+    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"] = _f(
+        "token-mean", "how per-token value losses are reduced")
+    value_head_std: Optional[float] = _f(None, "init std of the scalar value head (null = 1/(hidden+1))")
+
+    def validate(self) -> None:
+        _check(self.lr >= 0, "critic.lr", f"must be >= 0, got {self.lr}")
+        _check(self.micro_batch_size >= 1, "critic.micro_batch_size", f"must be >= 1, got {self.micro_batch_size}")
+        _check(self.ppo_epochs >= 1, "critic.ppo_epochs", f"must be >= 1, got {self.ppo_epochs}")
 
 
 @dataclass
@@ -234,6 +262,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "training prompts"})
     rollout: RolloutConfig = field(default_factory=RolloutConfig, metadata={"help": "generation"})
     actor: ActorConfig = field(default_factory=ActorConfig, metadata={"help": "the trained policy"})
+    critic: CriticConfig = field(default_factory=CriticConfig,
+                                 metadata={"help": "value model, built when the advantage estimator takes `values` (PPO)"})
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig, metadata={"help": "advantage and loss"})
     reward: RewardConfig = field(default_factory=RewardConfig, metadata={"help": "scoring completions"})
     weight_sync: WeightSyncConfig = field(default_factory=WeightSyncConfig,
@@ -251,6 +281,10 @@ class Config:
         if mb > 0:
             _check(samples % mb == 0, "actor.mini_batch_size",
                    f"{mb} must divide data.batch_size * rollout.n = {samples}")
+        _check(not (self.algorithm.kl_in_reward and self.actor.kl_coef > 0), "actor.kl_coef",
+               f"{self.actor.kl_coef} with algorithm.kl_in_reward=true penalizes the KL twice; set one of them")
+        _check(self.algorithm.kl_in_reward or self.algorithm.kl_reward_coef == 0, "algorithm.kl_reward_coef",
+               "is set but algorithm.kl_in_reward is false")
         _check(self.rollout.num_replicas <= self.actor.world_size, "rollout.num_replicas",
                f"{self.rollout.num_replicas} replicas need as many trainer bundles; actor.world_size is "
                f"{self.actor.world_size}")

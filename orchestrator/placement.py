@@ -16,6 +16,7 @@ from orchestrator.config import Config
 from orchestrator.resources import ResourcePool, init_ray
 from orchestrator.worker_group import WorkerGroup
 from workers.actor import ActorWorker
+from workers.critic import CriticWorker
 from workers.rollout import RolloutWorker
 from workers.weight_sync import BucketedWeightSync, WeightSync, make_probe
 
@@ -27,7 +28,8 @@ PROBE_TEXT = ("Question: A farmer has 12 sheep and buys 7 more. How many sheep d
 class Workers:
     pool: ResourcePool
     actor: object            # role view of the actor group
-    ref: object | None       # role view of the reference policy (None when kl_coef == 0)
+    ref: object | None       # role view of the reference policy (None without a KL term)
+    critic: object | None    # role view of the value model (None unless the estimator takes values)
     rollout: WorkerGroup
     weight_sync: WeightSync
     groups: list
@@ -41,7 +43,7 @@ class Workers:
         self.pool.shutdown()
 
 
-def build_workers(cfg: Config, model_path: str, tokenizer) -> Workers:
+def build_workers(cfg: Config, model_path: str, tokenizer, with_critic: bool = False) -> Workers:
     r = cfg.ray
     init_ray(address=r.address, num_cpus=r.num_cpus, object_store_mb=r.object_store_mb, dashboard=r.dashboard)
     gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= cfg.actor.world_size else 0.0
@@ -51,9 +53,12 @@ def build_workers(cfg: Config, model_path: str, tokenizer) -> Workers:
     algo_cfg = _as_dict(cfg.algorithm)
     roles = {"actor": (ActorWorker, dict(model_path=model_path, actor_cfg=actor_cfg, algo_cfg=algo_cfg,
                                          trainable=True, seed=cfg.trainer.seed))}
-    if a.kl_coef > 0:
+    if a.kl_coef > 0 or cfg.algorithm.kl_in_reward:
         roles["ref"] = (ActorWorker, dict(model_path=model_path, actor_cfg=actor_cfg, algo_cfg=algo_cfg,
                                           trainable=False, seed=cfg.trainer.seed))
+    if with_critic:  # same processes as the actor: phases alternate, and the process group is shared
+        critic_cfg = {**_as_dict(cfg.critic), "dtype": cfg.model.dtype}
+        roles["critic"] = (CriticWorker, dict(model_path=model_path, critic_cfg=critic_cfg, seed=cfg.trainer.seed))
     share = 0.5  # actor+ref host and rollout engine each take half a bundle
     trainers = WorkerGroup(pool, roles, name="trainer", num_cpus_per_worker=a.cpus_per_worker * share,
                            num_gpus_per_worker=gpus * share, call_timeout_s=r.call_timeout_s)
@@ -67,21 +72,21 @@ def build_workers(cfg: Config, model_path: str, tokenizer) -> Workers:
                           num_gpus_per_worker=gpus * 0.4, call_timeout_s=r.call_timeout_s,
                           bundle_indices=list(range(ro.num_replicas)),
                           env={"OMP_NUM_THREADS": str(max(1, int(a.cpus_per_worker * a.world_size)))})
-    actor, ref = trainers.role("actor"), (trainers.role("ref") if "ref" in roles else None)
+    actor = trainers.role("actor")
+    ref, critic = (trainers.role(r) if r in roles else None for r in ("ref", "critic"))
     # Engines and trainers load in parallel.
-    pending = [rollout.submit("setup")]
-    actor.setup()
-    if ref is not None:
-        ref.setup()
-    for p in pending:
-        p.get()
+    pending = rollout.submit("setup")
+    for role in (actor, ref, critic):
+        if role is not None:
+            role.setup()
+    pending.get()
     prompt_ids = tokenizer(PROBE_TEXT.split("Answer:")[0] + "Answer:")["input_ids"]
     full = tokenizer(PROBE_TEXT)["input_ids"][:len(prompt_ids) + cfg.weight_sync.probe_tokens]
     probe = make_probe(prompt_ids, full[len(prompt_ids):], tokenizer.pad_token_id or 0)
     sync = BucketedWeightSync(actor, rollout, int(cfg.weight_sync.bucket_mb * 2**20), probe,
                               verify=cfg.weight_sync.verify, tolerance=cfg.weight_sync.tolerance)
     sync.check()  # engine and trainer start from the same checkpoint: prove it before step 1
-    return Workers(pool, actor, ref, rollout, sync, [rollout, trainers])
+    return Workers(pool, actor, ref, critic, rollout, sync, [rollout, trainers])
 
 
 def _as_dict(section) -> dict:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 import algorithms
+from algorithms.kl_control import make_kl_controller, mean_sequence_kl, token_rewards_with_kl
 from orchestrator.batch import Batch
 from orchestrator.checkpoint import save_checkpoint
 from orchestrator.config import Config, save_yaml
@@ -50,7 +51,12 @@ class Trainer:
                                  False, d.seed, d.system_prompt, cfg.model.chat_template, source=source) if n_val else None
         self.reward = RewardFn(cfg.reward.function, self.tokenizer, cfg.reward.crash_penalty)
         self.advantage = algorithms.get_advantage_estimator(cfg.algorithm.advantage)
-        self.w: Workers = build_workers(cfg, self.model_path, self.tokenizer)
+        a = cfg.algorithm
+        self.kl_ctrl = (make_kl_controller(a.kl_ctrl, a.kl_reward_coef, a.kl_target, a.kl_horizon)
+                        if a.kl_in_reward else None)
+        # A value model exists exactly when the estimator asks for `values` (PPO's GAE).
+        needs_values = "values" in inspect.signature(self.advantage).parameters
+        self.w: Workers = build_workers(cfg, self.model_path, self.tokenizer, with_critic=needs_values)
         self.metrics = MetricsLog(self.run_dir)
         self.global_step = 0
 
@@ -63,23 +69,30 @@ class Trainer:
             with t("rollout"):
                 batch = trim_padding(w.rollout.generate(prompts)).union(prompts)
             with t("reward"):
-                batch["scores"], reward_metrics = self.reward(batch)
+                batch["scores"], metrics = self.reward(batch)
             if w.ref is not None:
                 with t("ref"):
                     batch["ref_logprobs"] = w.ref.compute_logprobs(batch)["logprobs"]
             if self.needs_old_logprobs():
                 with t("old_logprobs"):
                     batch["old_logprobs"] = w.actor.compute_logprobs(batch)["logprobs"]
+            if w.critic is not None:
+                with t("values"):
+                    batch["values"] = w.critic.compute_values(batch)["values"]
+            if self.kl_ctrl is not None:
+                metrics.update(self.penalize_kl_in_reward(batch))
             adv = self.advantage(**self.advantage_inputs(batch))
             batch.update(adv if isinstance(adv, dict) else {"advantages": adv})
             with t("train"):
                 w.rollout.sleep()
-                train_metrics = w.actor.update(batch)
+                if w.critic is not None:
+                    metrics.update(rank_metrics(w.critic.update(batch), "critic"))
+                metrics.update(rank_metrics(w.actor.update(batch), "actor"))
             with t("sync"):
                 w.rollout.wake_up()
                 sync = w.weight_sync.sync()
         self.global_step += 1
-        return self.step_metrics(batch, reward_metrics, train_metrics, sync, t.times)
+        return self.step_metrics(batch, metrics, sync, t.times)
 
     # ------------------------------------------------------------------ the run
     def fit(self) -> dict:
@@ -123,8 +136,9 @@ class Trainer:
         return {"val/accuracy": scores.mean().item(), "val/n": n}
 
     def save(self) -> Path:
-        state = {"data": self.data.state_dict(), "seed": self.cfg.trainer.seed}
-        return save_checkpoint(self.run_dir, self.global_step, self.w.actor, state)
+        state = {"data": self.data.state_dict(), "seed": self.cfg.trainer.seed,
+                 "kl_ctrl": self.kl_ctrl.state_dict() if self.kl_ctrl is not None else None}
+        return save_checkpoint(self.run_dir, self.global_step, self.w.actor, state, critic=self.w.critic)
 
     def log_row(self, row: dict) -> None:
         self.metrics.log(row)
@@ -137,7 +151,8 @@ class Trainer:
         so old log-probs equal the detached current ones: skip the extra forward pass."""
         a = self.cfg.actor
         total = self.cfg.data.batch_size * self.cfg.rollout.n
-        return a.ppo_epochs > 1 or (a.mini_batch_size not in (0, total))
+        return (a.ppo_epochs > 1 or a.mini_batch_size not in (0, total)
+                or self.cfg.algorithm.kl_in_reward)  # the in-reward KL is taken against the rollout policy
 
     def advantage_inputs(self, batch: Batch) -> dict:
         """What the registered estimator declares, by parameter name: batch fields (`scores`,
@@ -170,7 +185,7 @@ class Trainer:
                 "stop_token_ids": [self.tokenizer.eos_token_id],
                 "prompt_width": max(len(p) for p in prompts["prompt_ids"])}
 
-    def step_metrics(self, batch: Batch, reward_metrics: dict, train: Batch, sync, times: dict) -> dict:
+    def step_metrics(self, batch: Batch, metrics: dict, sync, times: dict) -> dict:
         mask = batch["response_mask"]
         resp_len = mask.sum(-1).float()
         n_tokens = int(batch["attention_mask"].sum())
@@ -180,12 +195,7 @@ class Trainer:
                "response/clip_ratio": float(np.mean([f == "length" for f in batch["finish_reason"]])),
                "advantages/mean": batch["advantages"][mask.bool()].mean().item() if mask.any() else 0.0,
                "advantages/abs_max": batch["advantages"].abs().max().item(),
-               **reward_metrics}
-        ranks = [v for k, v in train.meta.items() if k.startswith("metrics/rank")]
-        for k in ranks[0]:
-            vals = [r[k] for r in ranks]
-            # grad_norm and lr are global already; the rest are per-rank contributions to a global mean.
-            row[f"actor/{k}"] = float(np.mean(vals)) if k in ("grad_norm", "lr") else float(np.sum(vals))
+               **metrics}
         row.setdefault("actor/kl", 0.0)
         if "old_logprobs" in batch:
             diff = (batch["old_logprobs"] - batch["rollout_logprobs"]).abs() * mask
@@ -198,5 +208,30 @@ class Trainer:
                     "sync/gather_s": sync.gather_seconds, "sync/send_s": sync.send_seconds})
         return row
 
+    def penalize_kl_in_reward(self, batch: Batch) -> dict:
+        """Token rewards = score on the last token - beta * KL(old || ref) per token; beta from
+        the fixed or adaptive controller (Ziegler et al. 2019), updated with this batch's KL."""
+        a, mask = self.cfg.algorithm, batch["response_mask"]
+        batch["token_rewards"], kl = token_rewards_with_kl(batch["scores"], mask, batch["old_logprobs"],
+                                                           batch["ref_logprobs"], self.kl_ctrl.value,
+                                                           kind=a.kl_reward_estimator)
+        seq_kl = mean_sequence_kl(kl, mask)
+        beta = self.kl_ctrl.value
+        self.kl_ctrl.update(seq_kl, n_steps=len(batch))
+        return {"reward/kl": seq_kl, "reward/kl_coef": beta}
+
     def shutdown(self) -> None:
         self.w.shutdown()
+
+
+def rank_metrics(out: Batch, prefix: str) -> dict:
+    """Per-rank metrics of an update -> one row: grad_norm and lr are global already; the rest are
+    per-rank contributions to a global mean, so they add up (the backend's scaled `loss` is dropped)."""
+    ranks = [v for k, v in out.meta.items() if k.startswith("metrics/rank")]
+    row = {}
+    for k in ranks[0]:
+        if k == "loss":
+            continue
+        vals = [r[k] for r in ranks]
+        row[f"{prefix}/{k}"] = float(np.mean(vals)) if k in ("grad_norm", "lr", "step_skipped") else float(np.sum(vals))
+    return row

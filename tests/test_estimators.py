@@ -89,12 +89,15 @@ def test_gae_registered_outcome_scores_and_whitening():
     kw = dict(scores=torch.tensor([2.0, 4.0]), group_ids=["a", "a"], mask=GAE_MASK, values=GAE_V,
               gamma=0.5, lam=0.5)
     raw = torch.tensor([[-0.3125, -1.25, 1.0], [-0.5, 2.0, 0.0]])
-    _close(gae(**kw, whiten=False), raw)
+    _close(gae(**kw, whiten=False)["advantages"], raw)
+    # returns = raw advantages + values on the mask (the critic's targets), 0 off it:
+    # row 0: (-.3125+1, -1.25+2, 1+1); row 1: (-.5+2, 2+2, 0)
+    _close(gae(**kw)["returns"], torch.tensor([[0.6875, 0.75, 2.0], [1.5, 4.0, 0.0]]))
     # whitened: mean of the 5 tokens = 0.9375 / 5 = 0.1875; deviations −.5, −1.4375, .8125,
     # −.6875, 1.8125; Σ dev² = 6.734375; unbiased var 1.68359375; sqrt(var + 1e-8) = 1.29753372
     expected = (raw - 0.1875) / 1.2975337221 * GAE_MASK
-    _close(gae(**kw), expected, atol=1e-6)
-    _close(gae(**kw), masked_whiten(raw, GAE_MASK), atol=1e-6)
+    _close(gae(**kw)["advantages"], expected, atol=1e-6)
+    _close(gae(**kw)["advantages"], masked_whiten(raw, GAE_MASK), atol=1e-6)
 
 
 def test_gae_bad_input():

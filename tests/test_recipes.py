@@ -35,5 +35,10 @@ def test_recipe_runs_one_step(name, ray_cluster, tiny_model_dir, tmp_path):
     step = [r for r in rows if r["step"] == 1][0]
     assert step["sync/verified"] is True
     assert (tmp_path / "checkpoints/step_1/hf/config.json").exists()
-    if cfg.actor.kl_coef > 0:
+    if cfg.actor.kl_coef > 0 or cfg.algorithm.kl_in_reward:
         assert step["timing/ref_s"] > 0  # the reference policy ran
+    if cfg.algorithm.kl_in_reward:
+        assert step["reward/kl_coef"] == cfg.algorithm.kl_reward_coef and step["reward/kl"] >= 0
+    if name == "ppo_math.yaml":  # the critic was built, trained and checkpointed
+        assert step["timing/values_s"] > 0 and step["critic/vf_loss"] >= 0 and "critic/vf_clipfrac" in step
+        assert (tmp_path / "checkpoints/step_1/critic_hf/config.json").exists()

@@ -1,16 +1,18 @@
-"""FSDP2 training backend: an HF causal LM sharded with `fully_shard` over all ranks of the group.
+"""FSDP2 training backend: an HF model sharded with `fully_shard` over all ranks of the group.
+
+Two model kinds (fsdp_model.py): "causal_lm" (policy / reference: log-probs) and "value" (critic:
+per-token values from a scalar head). Both shard, train, checkpoint and export the same way.
 
 One `FSDPBackend` per rank. Each decoder layer is its own FSDP2 unit (unsharded only while it
-runs), the root unit holds the rest (embeddings, final norm, lm_head — tied weights stay one
-parameter inside one unit). Works on CPU (gloo) and CUDA (nccl), and with a single rank.
+runs), the root unit holds the rest (embeddings, final norm, lm_head or value head — tied weights
+stay one parameter inside one unit). Works on CPU (gloo) and CUDA (nccl), and with a single rank.
 
-All methods except the pure `response_logprobs` are collectives: every rank must call them in
-the same order with the same number of micro-batches, and each collective runs under the
-process group's timeout (see workers/dist.py), so a dead peer raises instead of hanging.
+All methods of `FSDPBackend` are collectives: every rank must call them in the same order with
+the same number of micro-batches, and each collective runs under the process group's timeout
+(see workers/dist.py), so a dead peer raises instead of hanging.
 """
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import os
@@ -30,108 +32,16 @@ from torch.distributed.tensor import DTensor
 from orchestrator.batch import Batch
 from workers import dist as hdist
 from workers.backends.base import LossFn, TrainingBackend, length_order
+# response_logprobs / response_values are pure and also imported from here by callers and tests.
+from workers.backends.fsdp_model import (MODEL_KINDS, check_layout, find_layers, load_hf_model, response_logprobs,
+                                         response_values, strip_prefixes)
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# Where HF causal LMs keep their decoder blocks (Llama/Qwen/Mistral, OPT, GPT-2/Falcon, GPT-NeoX).
-LAYER_PATHS = ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neox.layers")
-# Prefixes that wrappers (FSDP1, activation checkpointing, torch.compile) add to state-dict keys.
-WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
                    "merges.txt", "tokenizer.model", "added_tokens.json", "chat_template.jinja",
                    "chat_template.json")
-LAYOUT_FIELDS = ("input_ids", "attention_mask", "position_ids", "responses")
-
-
-def _check_layout(batch: Batch) -> tuple[int, int]:
-    """Validate the sequence layout (see base.py); returns (P, R)."""
-    for name in LAYOUT_FIELDS:
-        if name not in batch.tensors:
-            raise ValueError(f"batch is missing the tensor field {name!r} (have {sorted(batch.keys())})")
-    ids, resp = batch.tensors["input_ids"], batch.tensors["responses"]
-    if ids.dim() != 2 or resp.dim() != 2:
-        raise ValueError(f"input_ids and responses must be 2-D, got {tuple(ids.shape)} and {tuple(resp.shape)}")
-    for name in ("attention_mask", "position_ids"):
-        if batch.tensors[name].shape != ids.shape:
-            raise ValueError(f"{name} has shape {tuple(batch.tensors[name].shape)}, input_ids {tuple(ids.shape)}")
-    r = resp.shape[1]
-    p = ids.shape[1] - r
-    if r < 1 or p < 1:
-        raise ValueError(f"responses width {r} leaves prompt width {p} in input_ids of width {ids.shape[1]}; "
-                         "both must be >= 1")
-    return p, r
-
-
-def response_logprobs(model: torch.nn.Module, batch: Batch, temperature: float = 1.0,
-                      with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs [b, R] of `responses` (and the entropy [b, R]) under `model` at `temperature`.
-
-    Pure: works on a plain HF model or an FSDP2-sharded one, grad mode is the caller's. The token
-    at response position j is predicted by the logits at sequence position P-1+j; only those R
-    positions go through the lm_head (`logits_to_keep`), the softmax runs in float32. Columns that
-    are padding in every row are not computed; padding positions report 0.
-    """
-    _, r_full = _check_layout(batch)
-    if not temperature > 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
-    t, r = _drop_padding_columns(batch.tensors, r_full)
-    kwargs = {}
-    if "logits_to_keep" in inspect.signature(model.forward).parameters:
-        kwargs["logits_to_keep"] = r + 1  # positions P-1 .. P+R-1; the last one predicts nothing we need
-    out = model(input_ids=t["input_ids"], attention_mask=t["attention_mask"], position_ids=t["position_ids"],
-                use_cache=False, **kwargs)
-    logits = out.logits[:, -(r + 1):-1].float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    lse = torch.logsumexp(logits, dim=-1)
-    logprobs = logits.gather(-1, t["responses"].long().unsqueeze(-1)).squeeze(-1) - lse
-    entropy = None
-    if with_entropy:
-        # -(p * logp).sum() == lse - (p * logits).sum(): no second [b, R, V] log-softmax tensor
-        entropy = lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)
-    # Padding positions report 0, whether or not their column was dropped above.
-    valid = t["attention_mask"][:, -r:].to(logprobs.dtype)
-    logprobs = logprobs * valid
-    entropy = None if entropy is None else entropy * valid
-    if r < r_full:
-        logprobs = torch.nn.functional.pad(logprobs, (0, r_full - r))
-        entropy = None if entropy is None else torch.nn.functional.pad(entropy, (0, r_full - r))
-    return logprobs, entropy
-
-
-def _drop_padding_columns(t: dict, r: int) -> tuple[dict, int]:
-    """Slice off columns that are padding in every row: leading prompt padding (left-padded) and
-    trailing response padding. Micro-batches of similar lengths then cost only their own width.
-    Positions are explicit (`position_ids`), so dropping leading pad columns changes nothing."""
-    attn = t["attention_mask"]
-    p = attn.shape[1] - r
-    used = attn.bool().any(0)
-    left = int(used[:p].long().argmax()) if used[:p].any() else p
-    r_used = int(used[p:].nonzero().max()) + 1 if used[p:].any() else 1
-    if left == 0 and r_used == r:
-        return t, r
-    keep = {k: v[:, left:p + r_used] for k, v in t.items() if k in ("input_ids", "attention_mask", "position_ids")}
-    keep["responses"] = t["responses"][:, :r_used]
-    return keep, r_used
-
-
-def _find_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
-    for path in LAYER_PATHS:
-        mod = model
-        for part in path.split("."):
-            mod = getattr(mod, part, None)
-            if mod is None:
-                break
-        if isinstance(mod, torch.nn.ModuleList) and len(mod) > 0:
-            return mod
-    raise ValueError(f"cannot find the decoder layers of {type(model).__name__}: tried {', '.join(LAYER_PATHS)}")
-
-
-def _strip_prefixes(name: str) -> str:
-    for prefix in WRAPPER_PREFIXES:
-        name = name.replace(prefix, "")
-    return name
 
 
 class FSDPBackend(TrainingBackend):
@@ -139,7 +49,7 @@ class FSDPBackend(TrainingBackend):
 
     def __init__(self, lr: float = 1e-6, weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, grad_clip: float | None = 1.0, dtype: str = "float32",
-                 gradient_checkpointing: bool = False, seed: int = 0):
+                 gradient_checkpointing: bool = False, seed: int = 0, value_head_std: float | None = None):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         if not lr >= 0:
@@ -147,32 +57,34 @@ class FSDPBackend(TrainingBackend):
         self.lr, self.weight_decay, self.betas, self.eps = lr, weight_decay, tuple(betas), eps
         self.grad_clip, self.dtype = grad_clip, DTYPES[dtype]
         self.gradient_checkpointing, self.seed = gradient_checkpointing, seed
+        self.value_head_std = value_head_std  # kind="value" only; see fsdp_model.load_hf_model
+        self.kind = "causal_lm"
         self.model: torch.nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.trainable = False
         self.timings: dict[str, float] = {}
 
     # ------------------------------------------------------------------ setup
-    def setup(self, model_path: str, trainable: bool) -> None:
-        """Load the HF model, shard it (layers, then root), build AdamW when trainable. Collective."""
-        from transformers import AutoModelForCausalLM
-
+    def setup(self, model_path: str, trainable: bool, kind: str = "causal_lm") -> None:
+        """Load the HF model of `kind`, shard it (layers, then root), build AdamW when trainable.
+        Collective. kind="value" adds a scalar head (fsdp_model.load_hf_model: init from `seed`)."""
+        if kind not in MODEL_KINDS:
+            raise ValueError(f"model kind must be one of {list(MODEL_KINDS)}, got {kind!r}")
         t0 = time.perf_counter()
         self.rank, self.world_size = hdist.init_distributed()
         if os.environ.get("OMP_NUM_THREADS", "").isdigit():
             torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
         torch.manual_seed(self.seed)
         self.device = hdist.device()
-        self.model_path, self.trainable = str(model_path), trainable
+        self.model_path, self.trainable, self.kind = str(model_path), trainable, kind
 
-        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=self.dtype)
-        model.config.use_cache = False
+        model = load_hf_model(self.model_path, kind, self.dtype, self.seed, self.value_head_std)
         if trainable and self.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if not trainable:
             model.requires_grad_(False)
         mesh = init_device_mesh(self.device.type, (self.world_size,))
-        for layer in _find_layers(model):
+        for layer in find_layers(model):
             fully_shard(layer, mesh=mesh)
         fully_shard(model, mesh=mesh)  # moves every parameter to this rank's shard on self.device
         model.train(trainable)
@@ -205,32 +117,50 @@ class FSDPBackend(TrainingBackend):
         if t[0].item() != -t[1].item():
             raise RuntimeError(f"ranks disagree on the {what}: between {-t[1].item()} and {t[0].item()}")
 
+    def _require_kind(self, kind: str, what: str) -> torch.nn.Module:
+        model = self._require_model()
+        if self.kind != kind:
+            raise RuntimeError(f"{what} needs a model of kind {kind!r}; this backend holds a {self.kind!r} model")
+        return model
+
     # -------------------------------------------------------------- inference
+    def _sorted_forward(self, batch: Batch, micro_batch_size: int, fn) -> list[torch.Tensor]:
+        """fn(micro_batch) -> tuple of [b, R] tensors, over length-sorted micro-batches (similar
+        lengths share one: less padding computed); outputs on CPU, back in the batch's row order."""
+        check_layout(batch)
+        order = length_order(batch)
+        chunks = batch.select(order).chunks_of(micro_batch_size)
+        self._same_on_all_ranks(len(chunks), "number of forward micro-batches")
+        outs = [[t.cpu() for t in fn(self._to_device(mb))] for mb in chunks]
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(len(order))
+        return [torch.cat(col)[inverse] for col in zip(*outs)]
+
     @torch.no_grad()
     def forward_logprobs(self, batch: Batch, micro_batch_size: int, temperature: float = 1.0,
                          with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Log-probs (and entropy) [B, R] on CPU for this rank's rows, micro-batch by micro-batch.
 
         Collective: every rank must call it with the same number of micro-batches."""
-        model = self._require_model()
-        _check_layout(batch)
-        order = length_order(batch)  # similar lengths share a micro-batch: less padding computed
-        chunks = batch.select(order).chunks_of(micro_batch_size)
-        self._same_on_all_ranks(len(chunks), "number of forward micro-batches")
-        lps, ents = [], []
-        for mb in chunks:
-            lp, ent = response_logprobs(model, self._to_device(mb), temperature, with_entropy)
-            lps.append(lp.cpu())
-            if with_entropy:
-                ents.append(ent.cpu())
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(len(order))
-        return torch.cat(lps)[inverse], (torch.cat(ents)[inverse] if with_entropy else None)
+        model = self._require_kind("causal_lm", "forward_logprobs")
+        outs = self._sorted_forward(batch, micro_batch_size, lambda mb: [
+            t for t in response_logprobs(model, mb, temperature, with_entropy) if t is not None])
+        return outs[0], (outs[1] if with_entropy else None)
+
+    @torch.no_grad()
+    def forward_values(self, batch: Batch, micro_batch_size: int) -> torch.Tensor:
+        """Values [B, R] (float32, CPU) of a kind="value" model for this rank's rows; V at response
+        position j is the head at sequence position P-1+j (fsdp_model.response_values); padding 0.
+
+        Collective: every rank must call it with the same number of micro-batches."""
+        model = self._require_kind("value", "forward_values")
+        return self._sorted_forward(batch, micro_batch_size, lambda mb: [response_values(model, mb)])[0]
 
     # --------------------------------------------------------------- training
     def train_step(self, micro_batches: list[Batch], loss_fn: LossFn, temperature: float = 1.0) -> dict[str, float]:
-        """zero_grad; per micro-batch forward (log-probs + entropy with grad), loss_fn, backward;
-        clip by the global grad norm; AdamW step. Collective.
+        """zero_grad; per micro-batch forward with grad, loss_fn, backward; clip by the global grad
+        norm; AdamW step. Collective. The forward depends on the model kind: a causal LM calls
+        loss_fn(mb, logprobs, entropy) (at `temperature`), a value model loss_fn(mb, values, None).
 
         Scaling is the caller's job: FSDP2 *averages* gradients over ranks (reduce-scatter mean)
         and micro-batch gradients add up, so to get the gradient of a global mean, loss_fn must
@@ -250,8 +180,11 @@ class FSDPBackend(TrainingBackend):
         sums: dict[str, float] = {}
         for mb in micro_batches:
             mb = self._to_device(mb)
-            logprobs, entropy = response_logprobs(model, mb, temperature, with_entropy=True)
-            loss, metrics = loss_fn(mb, logprobs, entropy)
+            if self.kind == "value":
+                loss, metrics = loss_fn(mb, response_values(model, mb), None)
+            else:
+                logprobs, entropy = response_logprobs(model, mb, temperature, with_entropy=True)
+                loss, metrics = loss_fn(mb, logprobs, entropy)
             loss.backward()
             metrics = {"loss": float(loss.detach()), **{k: float(v) for k, v in metrics.items()}}
             for k, v in metrics.items():
@@ -330,7 +263,7 @@ class FSDPBackend(TrainingBackend):
                 bucket, size = {}, 0
             full = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
             full = full.detach().to("cpu", self.dtype if full.is_floating_point() else full.dtype)
-            bucket[_strip_prefixes(name)] = full
+            bucket[strip_prefixes(name)] = full
             size += nbytes
         if bucket:
             yield bucket
