@@ -38,6 +38,7 @@ ENTRY_POINT_GROUP = "hyflow.envs"
 # name -> module that registers it when imported (kept lazy: envs can have heavy dependencies).
 _BUILTIN_ENVS: dict[str, str] = {
     "webshop": "envs.webshop",
+    "alfworld": "envs.alfworld.env",
 }
 
 _ENVS: dict[str, Callable[..., "TextEnv"]] = {}

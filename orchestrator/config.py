@@ -222,6 +222,24 @@ class WeightSyncConfig:
 
 
 @dataclass
+class EnvConfig:
+    name: Optional[str] = _f(None, "multi-turn env (a registry name, e.g. webshop, alfworld); null = single-turn prompts from data.*")
+    kwargs: dict[str, Any] = _f({}, "keyword arguments for the env's constructor")
+    max_steps: int = _f(15, "env steps per episode (GiGPO: 50 ALFWorld, 15 WebShop)")
+    history_length: int = _f(2, "past (observation, action) pairs shown in the prompt")
+    invalid_penalty: float = _f(0.1, "reward subtracted for a malformed action (no <think>/<action> tags)")
+    cpus_per_env: float = _f(0.1, "Ray CPUs per env actor")
+    step_timeout_s: float = _f(60.0, "an env that takes longer ends its episode with an error (counted)")
+    val_groups: int = _f(8, "validation episodes (greedy, one per seed)")
+    seed: int = _f(0, "first training seed; group g of step s plays seed + s * data.batch_size + g")
+
+    def validate(self) -> None:
+        _check(self.max_steps >= 1, "env.max_steps", f"must be >= 1, got {self.max_steps}")
+        _check(self.history_length >= 0, "env.history_length", f"must be >= 0, got {self.history_length}")
+        _check(self.cpus_per_env > 0, "env.cpus_per_env", f"must be > 0, got {self.cpus_per_env}")
+
+
+@dataclass
 class TrainerConfig:
     total_steps: int = _f(10, "training steps (one rollout batch and one update each)")
     output_dir: str = _f("runs/quickstart", "folder for checkpoints, metrics and the resolved config")
@@ -268,6 +286,7 @@ class Config:
     reward: RewardConfig = field(default_factory=RewardConfig, metadata={"help": "scoring completions"})
     weight_sync: WeightSyncConfig = field(default_factory=WeightSyncConfig,
                                           metadata={"help": "trainer -> engine weight updates"})
+    env: EnvConfig = field(default_factory=EnvConfig, metadata={"help": "multi-turn agent environments"})
     trainer: TrainerConfig = field(default_factory=TrainerConfig, metadata={"help": "the training loop"})
     ray: RayConfig = field(default_factory=RayConfig, metadata={"help": "the Ray cluster"})
 

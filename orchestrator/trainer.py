@@ -2,8 +2,9 @@
 
     hyflow train configs/quickstart.yaml trainer.total_steps=3
 
-`Trainer.step` is the algorithm (GRPO / PPO-style, critic-free here):
-generate -> reward -> ref / old log-probs -> advantages -> update -> sync weights.
+`Trainer.step` is the algorithm (GRPO / PPO / GiGPO ...):
+generate + reward (a task: prompts or env episodes) -> ref / old log-probs, values ->
+advantages (the registry's estimator) -> critic and actor updates -> sync weights.
 Everything else (placement, setup, checkpoints, logging) is in `build_workers` and `fit`.
 """
 from __future__ import annotations
@@ -21,11 +22,10 @@ from algorithms.kl_control import make_kl_controller, mean_sequence_kl, token_re
 from orchestrator.batch import Batch
 from orchestrator.checkpoint import save_checkpoint
 from orchestrator.config import Config, save_yaml
-from orchestrator.data import PromptDataset, load_task_problems
 from orchestrator.metrics import MetricsLog, Timer, console_line
 from orchestrator.model_prep import resolve_model_path
 from orchestrator.placement import Workers, build_workers
-from workers.reward import RewardFn
+from orchestrator.tasks import make_task
 from workers.rollout import trim_padding
 
 log = logging.getLogger("hyflow")
@@ -40,16 +40,6 @@ class Trainer:
         save_yaml(cfg, self.run_dir / "config.yaml")
         self.model_path = resolve_model_path(cfg.model.path)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        d = cfg.data
-        problems = load_task_problems(d)
-        n_val = min(d.val_size, len(problems) // 2)
-        source = d.train_path or "generated math problems"
-        self.data = PromptDataset(problems[:len(problems) - n_val], self.tokenizer, d.max_prompt_tokens, d.batch_size,
-                                  d.shuffle, d.seed, d.system_prompt, cfg.model.chat_template, source=source)
-        # Held-out problems for greedy validation (the last val_size of the source).
-        self.val = PromptDataset(problems[len(problems) - n_val:], self.tokenizer, d.max_prompt_tokens, 1,
-                                 False, d.seed, d.system_prompt, cfg.model.chat_template, source=source) if n_val else None
-        self.reward = RewardFn(cfg.reward.function, self.tokenizer, cfg.reward.crash_penalty)
         self.advantage = algorithms.get_advantage_estimator(cfg.algorithm.advantage)
         a = cfg.algorithm
         self.kl_ctrl = (make_kl_controller(a.kl_ctrl, a.kl_reward_coef, a.kl_target, a.kl_horizon)
@@ -57,6 +47,8 @@ class Trainer:
         # A value model exists exactly when the estimator asks for `values` (PPO's GAE).
         needs_values = "values" in inspect.signature(self.advantage).parameters
         self.w: Workers = build_workers(cfg, self.model_path, self.tokenizer, with_critic=needs_values)
+        # Single-turn prompts or multi-turn env episodes (built after Ray is up: envs are actors).
+        self.task = make_task(cfg, self.tokenizer, self.sampling_meta)
         self.metrics = MetricsLog(self.run_dir)
         self.global_step = 0
 
@@ -64,12 +56,8 @@ class Trainer:
     def step(self) -> dict:
         cfg, w, t = self.cfg, self.w, Timer()
         with t("step"):
-            prompts = self.data.next_batch().repeat(cfg.rollout.n)   # groups stay adjacent
-            prompts.meta.update(self.sampling_meta(prompts, seed=cfg.trainer.seed + self.global_step))
-            with t("rollout"):
-                batch = trim_padding(w.rollout.generate(prompts)).union(prompts)
-            with t("reward"):
-                batch["scores"], metrics = self.reward(batch)
+            with t("rollout"):  # generation and scoring (for agents: whole episodes in the envs)
+                batch, metrics = self.task.collect(self.generate, cfg.trainer.seed + self.global_step)
             if w.ref is not None:
                 with t("ref"):
                     batch["ref_logprobs"] = w.ref.compute_logprobs(batch)["logprobs"]
@@ -85,9 +73,10 @@ class Trainer:
             batch.update(adv if isinstance(adv, dict) else {"advantages": adv})
             with t("train"):
                 w.rollout.sleep()
+                train = pad_with_masked_rows(batch, cfg.actor.world_size)  # equal shards, no extra loss
                 if w.critic is not None:
-                    metrics.update(rank_metrics(w.critic.update(batch), "critic"))
-                metrics.update(rank_metrics(w.actor.update(batch), "actor"))
+                    metrics.update(rank_metrics(w.critic.update(train), "critic"))
+                metrics.update(rank_metrics(w.actor.update(train), "actor"))
             with t("sync"):
                 w.rollout.wake_up()
                 sync = w.weight_sync.sync()
@@ -125,18 +114,14 @@ class Trainer:
         return last
 
     def validate(self) -> dict:
-        """Greedy accuracy on a fixed slice of the data (no training signal, no cursor change)."""
-        if self.val is None:
-            return {}
-        n = len(self.val)
-        rows = self.val.rows(np.arange(n))
-        rows.meta.update(self.sampling_meta(rows, seed=0, greedy=True))
-        batch = trim_padding(self.w.rollout.generate(rows)).union(rows)
-        scores, _ = self.reward(batch)
-        return {"val/accuracy": scores.mean().item(), "val/n": n}
+        """Greedy, held-out: math accuracy, or agent success rate (overall and per task type)."""
+        return self.task.validate(self.generate)
+
+    def generate(self, prompts: Batch) -> Batch:
+        return trim_padding(self.w.rollout.generate(prompts))
 
     def save(self) -> Path:
-        state = {"data": self.data.state_dict(), "seed": self.cfg.trainer.seed,
+        state = {"data": self.task.state_dict(), "seed": self.cfg.trainer.seed,
                  "kl_ctrl": self.kl_ctrl.state_dict() if self.kl_ctrl is not None else None}
         return save_checkpoint(self.run_dir, self.global_step, self.w.actor, state, critic=self.w.critic)
 
@@ -178,12 +163,12 @@ class Trainer:
                              f"do not carry (have {sorted(batch.keys())})")
         return out
 
-    def sampling_meta(self, prompts: Batch, seed: int, greedy: bool = False) -> dict:
+    def sampling_meta(self, prompt_ids, seed: int, greedy: bool = False) -> dict:
         r = self.cfg.rollout
         return {"max_new_tokens": r.max_new_tokens, "temperature": 0.0 if greedy else r.temperature,
                 "top_p": 1.0 if greedy else r.top_p, "top_k": -1 if greedy else r.top_k, "seed": seed,
                 "stop_token_ids": [self.tokenizer.eos_token_id],
-                "prompt_width": max(len(p) for p in prompts["prompt_ids"])}
+                "prompt_width": max(len(p) for p in prompt_ids)}
 
     def step_metrics(self, batch: Batch, metrics: dict, sync, times: dict) -> dict:
         mask = batch["response_mask"]
@@ -222,6 +207,16 @@ class Trainer:
 
     def shutdown(self) -> None:
         self.w.shutdown()
+
+
+def pad_with_masked_rows(batch: Batch, divisor: int) -> Batch:
+    """Pad to a multiple of `divisor` with copies of row 0 whose response mask is zero: every rank
+    gets an equal shard and the padding adds nothing to any loss (agent batches vary in size)."""
+    padded, pad = batch.pad_to_divisor(divisor)
+    if pad:
+        padded.tensors["response_mask"] = padded["response_mask"].clone()
+        padded.tensors["response_mask"][-pad:] = 0
+    return padded
 
 
 def rank_metrics(out: Batch, prefix: str) -> dict:

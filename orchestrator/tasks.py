@@ -1,0 +1,143 @@
+"""Where a step's samples come from: the seam between the controller loop and the task.
+
+    task.collect(generate, step) -> (batch, metrics)   # rollouts with scores, in the trainer layout
+    task.validate(generate) -> metrics                 # greedy, held-out
+    task.state_dict() / load_state_dict()              # the data cursor, for checkpoints
+
+`PromptTask`: single-turn prompts (math word problems, files) scored by a reward function.
+`AgentTask`: multi-turn episodes in env groups (envs.agent_loop), one sample per env step, tagged
+for GRPO / GiGPO (`uid` = group, `traj_ids`, `step_ids`, `anchors`, `step_rewards`).
+`generate(prompts: Batch) -> Batch` is the rollout group's generate (sampling options in meta).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+from envs.agent_loop import AgentLoopConfig, run_episodes
+from orchestrator.batch import Batch
+from orchestrator.data import PromptDataset, encode_prompt, load_task_problems
+from workers.reward import RewardFn
+from workers.rollout import pack_sequences
+
+
+class PromptTask:
+    def __init__(self, cfg, tokenizer, sampling_meta):
+        d = cfg.data
+        problems = load_task_problems(d)
+        n_val = min(d.val_size, len(problems) // 2)
+        source = d.train_path or "generated math problems"
+        self.data = PromptDataset(problems[:len(problems) - n_val], tokenizer, d.max_prompt_tokens, d.batch_size,
+                                  d.shuffle, d.seed, d.system_prompt, cfg.model.chat_template, source=source)
+        # Held-out problems for greedy validation (the last val_size of the source).
+        self.val = PromptDataset(problems[len(problems) - n_val:], tokenizer, d.max_prompt_tokens, 1, False,
+                                 d.seed, d.system_prompt, cfg.model.chat_template, source=source) if n_val else None
+        self.reward = RewardFn(cfg.reward.function, tokenizer, cfg.reward.crash_penalty)
+        self.n, self.sampling_meta = cfg.rollout.n, sampling_meta
+
+    def collect(self, generate, step: int) -> tuple[Batch, dict]:
+        prompts = self.data.next_batch().repeat(self.n)   # groups stay adjacent
+        prompts.meta.update(self.sampling_meta(prompts["prompt_ids"], seed=step))
+        batch = generate(prompts).union(prompts)
+        batch["scores"], metrics = self.reward(batch)
+        return batch, metrics
+
+    def validate(self, generate) -> dict:
+        if self.val is None:
+            return {}
+        rows = self.val.rows(np.arange(len(self.val)))
+        rows.meta.update(self.sampling_meta(rows["prompt_ids"], seed=0, greedy=True))
+        scores, _ = self.reward(generate(rows).union(rows))
+        return {"val/accuracy": scores.mean().item(), "val/n": len(rows)}
+
+    def state_dict(self) -> dict:
+        return self.data.state_dict()
+
+
+class AgentTask:
+    def __init__(self, cfg, tokenizer, sampling_meta):
+        from envs.manager import EnvManager
+
+        e = cfg.env
+        self.cfg, self.tok, self.sampling_meta = cfg, tokenizer, sampling_meta
+        self.loop = AgentLoopConfig(max_steps=e.max_steps, history_length=e.history_length,
+                                    invalid_penalty=e.invalid_penalty, max_prompt_tokens=cfg.data.max_prompt_tokens)
+        self.train_envs = EnvManager(e.name, e.kwargs, cfg.data.batch_size, cfg.rollout.n, e.cpus_per_env,
+                                     e.step_timeout_s)
+        self.val_envs = EnvManager(e.name, e.kwargs, e.val_groups, 1, e.cpus_per_env, e.step_timeout_s) \
+            if e.val_groups else None
+        self.episodes = 0  # the data cursor: groups played so far
+
+    def _play(self, envs, generate, seeds, greedy: bool, step: int):
+        def gen(prompt_ids: list[list[int]]):
+            b = Batch(non_tensors={"prompt_ids": prompt_ids})
+            b.meta.update(self.sampling_meta(prompt_ids, seed=step, greedy=greedy))
+            out = generate(b)
+            mask = out["response_mask"].bool()
+            return [(r[m].tolist(), lp[m].tolist(), f) for r, lp, m, f in
+                    zip(out["responses"], out["rollout_logprobs"], mask, out["finish_reason"])]
+
+        encode = lambda msgs: encode_prompt(self.tok, msgs, self.cfg.model.chat_template)  # noqa: E731
+        decode = lambda ids: self.tok.decode(ids, skip_special_tokens=True)  # noqa: E731
+        return run_episodes(envs, gen, encode, decode, seeds, self.loop)
+
+    def collect(self, generate, step: int) -> tuple[Batch, dict]:
+        g = self.cfg.data.batch_size
+        seeds = [self.cfg.env.seed + self.episodes + k for k in range(g)]
+        self.episodes += g
+        samples, episodes = self._play(self.train_envs, generate, seeds, False, step)
+        batch = samples_to_batch(samples, episodes, step, self.tok.pad_token_id or 0)
+        metrics = episode_metrics(episodes, "episode")
+        metrics.update({"episode/invalid_action_ratio": float(np.mean([not s.valid for s in samples])),
+                        "episode/env_errors": sum(s.info.get("env_error") is not None for s in samples)})
+        return batch, metrics
+
+    def validate(self, generate) -> dict:
+        if self.val_envs is None:
+            return {}
+        seeds = [10**6 + self.cfg.env.seed + k for k in range(self.cfg.env.val_groups)]  # disjoint from training
+        _, episodes = self._play(self.val_envs, generate, seeds, True, 0)
+        return episode_metrics(episodes, "val")
+
+    def state_dict(self) -> dict:
+        return {"episodes": self.episodes}
+
+
+def samples_to_batch(samples, episodes, step: int, pad_token_id: int) -> Batch:
+    """Step samples -> the trainer layout; `scores` = the trajectory's return (minus this step's
+    invalid-action penalty), `step_rewards` = the step's own reward (GiGPO discounts them)."""
+    ret = {e["traj"]: e["return"] for e in episodes}
+    P = max(len(s.prompt_ids) for s in samples)
+    R = max(max(len(s.response_ids) for s in samples), 1)
+    b = pack_sequences([s.prompt_ids for s in samples], [s.response_ids for s in samples],
+                       [s.logprobs for s in samples], P, R, pad_token_id)
+    b.non_tensors.update({
+        "uid": np.array([f"{step}-g{s.group}" for s in samples], dtype=object),
+        "traj_ids": np.array([f"{step}-t{s.traj}" for s in samples], dtype=object),
+        "step_ids": np.array([s.step for s in samples], dtype=object),
+        "anchors": np.array([s.anchor for s in samples], dtype=object),
+        "finish_reason": np.array([s.finish_reason for s in samples], dtype=object),
+    })
+    b["step_rewards"] = torch.tensor([s.reward for s in samples], dtype=torch.float32)
+    b["scores"] = torch.tensor([ret[s.traj] - (s.env_reward - s.reward) for s in samples], dtype=torch.float32)
+    return b
+
+
+def episode_metrics(episodes: list[dict], prefix: str) -> dict:
+    out = {f"{prefix}/success_rate": float(np.mean([e["won"] for e in episodes])),
+           f"{prefix}/return_mean": float(np.mean([e["return"] for e in episodes])),
+           f"{prefix}/length_mean": float(np.mean([e["steps"] for e in episodes]))}
+    by_type = defaultdict(list)
+    for e in episodes:
+        by_type[e["task_type"] or "all"].append(e["won"])
+    out.update({f"{prefix}/success/{t}": float(np.mean(v)) for t, v in sorted(by_type.items())})
+    scores = [e["task_score"] for e in episodes if isinstance(e.get("task_score"), (int, float))]
+    if scores:
+        out[f"{prefix}/task_score_mean"] = float(np.mean(scores))
+    return out
+
+
+def make_task(cfg, tokenizer, sampling_meta):
+    return AgentTask(cfg, tokenizer, sampling_meta) if cfg.env.name else PromptTask(cfg, tokenizer, sampling_meta)
