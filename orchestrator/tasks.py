@@ -60,8 +60,13 @@ class AgentTask:
     def __init__(self, cfg, tokenizer, sampling_meta):
         from envs.manager import EnvManager
 
+        from envs.base import get_env
+
         e = cfg.env
         self.cfg, self.tok, self.sampling_meta = cfg, tokenizer, sampling_meta
+        factory = get_env(e.name) if ":" not in e.name else None
+        if hasattr(factory, "prepare"):  # one-time, driver-side preparation (e.g. generating games)
+            factory.prepare(**e.kwargs)
         self.loop = AgentLoopConfig(max_steps=e.max_steps, history_length=e.history_length,
                                     invalid_penalty=e.invalid_penalty, max_prompt_tokens=cfg.data.max_prompt_tokens)
         self.train_envs = EnvManager(e.name, e.kwargs, cfg.data.batch_size, cfg.rollout.n, e.cpus_per_env,

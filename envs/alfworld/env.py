@@ -103,7 +103,9 @@ class ALFWorldEnv(TextEnv):
 
     def __init__(self, data_dir: str | None = None, split: str = "train", max_steps: int = 50,
                  task_types: Iterable[str] | None = None, selection: str = "random",
-                 win_reward: float = WIN_REWARD):
+                 win_reward: float = WIN_REWARD, generate_per_type: int = 0, generate_seed: int = 0):
+        # generate_per_type / generate_seed are for `prepare` (driver side); ignored here.
+        data_dir = os.path.expanduser(data_dir) if data_dir else data_dir
         if not isinstance(max_steps, int) or max_steps < 1:
             raise ValueError(f"max_steps must be a positive int, got {max_steps!r}")
         if selection not in ("random", "sequential"):
@@ -127,6 +129,20 @@ class ALFWorldEnv(TextEnv):
         self.gamefile: str | None = None
         self._steps = 0
         self._done = True
+
+    @classmethod
+    def prepare(cls, data_dir: str | None = None, split: str = "train", generate_per_type: int = 0,
+                generate_seed: int = 0, **_) -> None:
+        """Driver-side, once before the env actors start: with `generate_per_type` > 0 and no games
+        under `data_dir/split`, generate that many solvable games per task type there (so a recipe
+        runs as written without the ALFWorld download)."""
+        if not generate_per_type or data_dir is None:
+            return
+        root = os.path.join(os.path.expanduser(data_dir), split)
+        if os.path.isdir(root) and find_games(root, TASK_TYPES):
+            return
+        from envs.alfworld.generator import generate
+        generate(os.path.expanduser(data_dir), generate_per_type, seed=generate_seed, split=split)
 
     @property
     def num_games(self) -> int:
