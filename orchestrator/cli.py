@@ -2,6 +2,7 @@
 
     hyflow train configs/quickstart.yaml [key.path=value ...]   # run a recipe with overrides
     hyflow train --help                                          # every recipe key, type, default
+    hyflow eval configs/quickstart.yaml [--checkpoint DIR] [key.path=value ...]   # greedy held-out metrics
 """
 from __future__ import annotations
 
@@ -43,12 +44,34 @@ def _train(argv: list[str]) -> int:
     return 0
 
 
+def _eval(argv: list[str]) -> int:
+    import json
+
+    from orchestrator.config import ConfigError, load_config
+
+    parser = argparse.ArgumentParser(prog="hyflow eval", description="Greedy held-out evaluation of a recipe's "
+                                     "task: math accuracy, or agent success overall and per task type.")
+    parser.add_argument("config", help="YAML recipe (configs/*.yaml)")
+    parser.add_argument("overrides", nargs="*", help="key.path=value (e.g. env.val_groups=128)")
+    parser.add_argument("--checkpoint", help="an HF model folder (checkpoints/step_N/hf); default: model.path")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"hyflow eval: {e}", file=sys.stderr)
+        return 2
+    from orchestrator.evaluate import evaluate
+
+    print(json.dumps(evaluate(cfg, args.checkpoint), indent=1))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     for k, v in _ENV.items():
         os.environ.setdefault(k, v)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"train": _train}
+    commands = {"train": _train, "eval": _eval}
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print(__doc__.strip())
         return 0 if not argv or argv[0] in ("-h", "--help") else 2

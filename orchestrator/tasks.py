@@ -57,10 +57,9 @@ class PromptTask:
 
 
 class AgentTask:
-    def __init__(self, cfg, tokenizer, sampling_meta):
-        from envs.manager import EnvManager
-
+    def __init__(self, cfg, tokenizer, sampling_meta, train: bool = True):
         from envs.base import get_env
+        from envs.manager import EnvManager
 
         e = cfg.env
         self.cfg, self.tok, self.sampling_meta = cfg, tokenizer, sampling_meta
@@ -70,7 +69,7 @@ class AgentTask:
         self.loop = AgentLoopConfig(max_steps=e.max_steps, history_length=e.history_length,
                                     invalid_penalty=e.invalid_penalty, max_prompt_tokens=cfg.data.max_prompt_tokens)
         self.train_envs = EnvManager(e.name, e.kwargs, cfg.data.batch_size, cfg.rollout.n, e.cpus_per_env,
-                                     e.step_timeout_s)
+                                     e.step_timeout_s) if train else None
         self.val_envs = EnvManager(e.name, e.kwargs, e.val_groups, 1, e.cpus_per_env, e.step_timeout_s) \
             if e.val_groups else None
         self.episodes = 0  # the data cursor: groups played so far
@@ -144,5 +143,15 @@ def episode_metrics(episodes: list[dict], prefix: str) -> dict:
     return out
 
 
-def make_task(cfg, tokenizer, sampling_meta):
-    return AgentTask(cfg, tokenizer, sampling_meta) if cfg.env.name else PromptTask(cfg, tokenizer, sampling_meta)
+def make_task(cfg, tokenizer, sampling_meta, train: bool = True):
+    if cfg.env.name:
+        return AgentTask(cfg, tokenizer, sampling_meta, train=train)
+    return PromptTask(cfg, tokenizer, sampling_meta)
+
+
+def sampling_meta(rollout_cfg, eos_token_id: int, prompt_ids, seed: int, greedy: bool = False) -> dict:
+    """The rollout worker's sampling options for one generate call (greedy for validation)."""
+    r = rollout_cfg
+    return {"max_new_tokens": r.max_new_tokens, "temperature": 0.0 if greedy else r.temperature,
+            "top_p": 1.0 if greedy else r.top_p, "top_k": -1 if greedy else r.top_k, "seed": seed,
+            "stop_token_ids": [eos_token_id], "prompt_width": max(len(p) for p in prompt_ids)}

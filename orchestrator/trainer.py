@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+from functools import partial
 from dataclasses import asdict
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from orchestrator.config import Config, save_yaml
 from orchestrator.metrics import MetricsLog, Timer, console_line
 from orchestrator.model_prep import resolve_model_path
 from orchestrator.placement import Workers, build_workers
-from orchestrator.tasks import make_task
+from orchestrator.tasks import make_task, sampling_meta
 from workers.rollout import trim_padding
 
 log = logging.getLogger("hyflow")
@@ -48,6 +49,7 @@ class Trainer:
         needs_values = "values" in inspect.signature(self.advantage).parameters
         self.w: Workers = build_workers(cfg, self.model_path, self.tokenizer, with_critic=needs_values)
         # Single-turn prompts or multi-turn env episodes (built after Ray is up: envs are actors).
+        self.sampling_meta = partial(sampling_meta, cfg.rollout, self.tokenizer.eos_token_id)
         self.task = make_task(cfg, self.tokenizer, self.sampling_meta)
         self.metrics = MetricsLog(self.run_dir)
         self.global_step = 0
@@ -162,13 +164,6 @@ class Trainer:
             raise ValueError(f"advantage estimator {a.advantage!r} needs {missing}, which this run's batches "
                              f"do not carry (have {sorted(batch.keys())})")
         return out
-
-    def sampling_meta(self, prompt_ids, seed: int, greedy: bool = False) -> dict:
-        r = self.cfg.rollout
-        return {"max_new_tokens": r.max_new_tokens, "temperature": 0.0 if greedy else r.temperature,
-                "top_p": 1.0 if greedy else r.top_p, "top_k": -1 if greedy else r.top_k, "seed": seed,
-                "stop_token_ids": [self.tokenizer.eos_token_id],
-                "prompt_width": max(len(p) for p in prompt_ids)}
 
     def step_metrics(self, batch: Batch, metrics: dict, sync, times: dict) -> dict:
         mask = batch["response_mask"]

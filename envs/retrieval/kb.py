@@ -1,9 +1,12 @@
 """The knowledge bases of the multi-hop retrieval task and the sentence embedder of its reward.
 
 Three knowledge bases, named as the model writes them in `<ret>...</ret>`:
-  text   passages searched by BM25 (`rank_bm25.BM25Okapi`, k1 = 1.2, b = 0.75, over lower-cased
-         alphanumeric tokens without English stop words, plural "s" stripped); `search` returns
-         the best passages, ties in corpus order.
+  text   passages searched by BM25 (`rank_bm25.BM25Okapi`, k1 = 1.2, b = 0.75, with Lucene's
+         always-positive idf log(1 + (N - n + .5)/(n + .5)): rank_bm25's own idf goes negative for
+         words in over half the passages, such as "born"). A passage is indexed with its title
+         (the entity it is about) in front, so the entity named in a query ranks its own passage
+         above passages that only mention it. Tokens: lower-cased alphanumerics without English
+         stop words, a final "s" stripped. `search` returns the best passages, ties in corpus order.
   table  one row per entity (person, city, company), looked up by key: `lookup(key)` takes the
          exact name (case-insensitive), `search(query)` the row whose key occurs in the query
          (longest key wins, so "Morrow Labs" beats a person named "Morrow").
@@ -19,6 +22,7 @@ It loads from site-packages, so it works with HF_HUB_OFFLINE=1.
 """
 from __future__ import annotations
 
+import math
 import re
 import threading
 from collections import OrderedDict
@@ -57,6 +61,12 @@ class Passage:
     text: str
 
 
+class _LuceneIdfBM25(BM25Okapi):
+    def _calc_idf(self, nd):
+        for word, freq in nd.items():
+            self.idf[word] = math.log(1.0 + (self.corpus_size - freq + 0.5) / (freq + 0.5))
+
+
 class TextKB:
     """BM25 over passages; `search(query, k)` -> up to k passages with a positive score."""
 
@@ -64,7 +74,7 @@ class TextKB:
         if not passages:
             raise ValueError("TextKB needs at least one passage")
         self.passages = list(passages)
-        self._bm25 = BM25Okapi([tokenize(p.title + " " + p.text) or ["\x00"] for p in self.passages])
+        self._bm25 = _LuceneIdfBM25([tokenize(p.title + " " + p.text) or ["\x00"] for p in self.passages])
 
     def scores(self, query: str) -> np.ndarray:
         q = tokenize(query) if isinstance(query, str) else []
@@ -174,7 +184,8 @@ class Embedder:
 
     def embed(self, texts: Iterable[str]) -> np.ndarray:
         """[n, 384] unit vectors, in the order given; cached texts are not recomputed."""
-        texts = [str(t) for t in texts]
+        # lone surrogates cannot cross into the Rust tokenizer: replace them
+        texts = [str(t).encode("utf-8", "replace").decode("utf-8") for t in texts]
         with self._lock:
             missing = list(dict.fromkeys(t for t in texts if t not in self._pinned and t not in self._lru))
             if missing:
@@ -193,7 +204,7 @@ class Embedder:
 
     def pin(self, texts: Iterable[str]) -> None:
         """Embed `texts` (batched) and keep them cached for the life of the process."""
-        texts = list(dict.fromkeys(str(t) for t in texts))
+        texts = list(dict.fromkeys(str(t).encode("utf-8", "replace").decode("utf-8") for t in texts))
         vecs = self.embed(texts)
         with self._lock:
             for t, v in zip(texts, vecs):

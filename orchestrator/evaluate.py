@@ -1,0 +1,41 @@
+"""`hyflow eval`: greedy held-out evaluation of a model or checkpoint on a recipe's task.
+
+    hyflow eval configs/gigpo_alfworld.yaml --checkpoint runs/gigpo_alfworld/checkpoints/step_20/hf env.val_groups=128
+
+Reports math accuracy, or agent success overall and per task type (and the env's own score),
+as one JSON object on stdout. Only rollout engines are started: no trainer, no optimizer.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+from orchestrator.config import Config
+from orchestrator.model_prep import resolve_model_path
+from orchestrator.resources import ResourcePool, init_ray
+from orchestrator.tasks import make_task, sampling_meta
+from orchestrator.worker_group import WorkerGroup
+from workers.rollout import RolloutWorker, trim_padding
+
+
+def evaluate(cfg: Config, checkpoint: str | None = None) -> dict:
+    from transformers import AutoTokenizer
+
+    model_path = checkpoint or resolve_model_path(cfg.model.path)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    r, ro = cfg.ray, cfg.rollout
+    init_ray(address=r.address, num_cpus=r.num_cpus, object_store_mb=r.object_store_mb, dashboard=r.dashboard)
+    pool = ResourcePool(ro.num_replicas, cpus_per_bundle=cfg.actor.cpus_per_worker, name="eval")
+    rollout = WorkerGroup(pool, RolloutWorker, dict(
+        model_path=model_path, engine=ro.engine, pad_token_id=tokenizer.pad_token_id or 0, seed=cfg.trainer.seed,
+        engine_kwargs=dict(dtype=ro.dtype, max_model_len=ro.max_model_len, kv_cache_gb=ro.kv_cache_gb,
+                           gpu_memory_utilization=ro.gpu_memory_utilization)),
+        name="rollout", num_cpus_per_worker=cfg.actor.cpus_per_worker * 0.9, call_timeout_s=r.call_timeout_s,
+        env={"OMP_NUM_THREADS": str(max(1, int(cfg.actor.cpus_per_worker)))})
+    try:
+        rollout.setup()
+        task = make_task(cfg, tokenizer, partial(sampling_meta, ro, tokenizer.eos_token_id), train=False)
+        metrics = task.validate(lambda prompts: trim_padding(rollout.generate(prompts)))
+        return {"model": model_path, **metrics}
+    finally:
+        rollout.shutdown()
+        pool.shutdown()
