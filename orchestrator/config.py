@@ -107,7 +107,13 @@ class RolloutConfig:
 
 @dataclass
 class ActorConfig:
-    backend: Literal["fsdp"] = _f("fsdp", "training backend")
+    backend: Literal["fsdp", "deepspeed"] = _f("fsdp", "training backend: torch FSDP2 or DeepSpeed ZeRO")
+    zero_stage: int = _f(2, "DeepSpeed ZeRO stage (1, 2 or 3); used when backend is deepspeed")
+    lora_rank: int = _f(0, "LoRA rank (0 = full fine-tuning; > 0 trains only peft LoRA adapters)")
+    lora_alpha: float = _f(16.0, "LoRA alpha (the update is scaled by lora_alpha / lora_rank)")
+    lora_dropout: float = _f(0.0, "dropout on the LoRA branch's input while training")
+    lora_target_modules: list[str] = _f(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                                        "module names (suffixes) that get LoRA adapters")
     world_size: int = _f(2, "data-parallel training ranks (one Ray actor each)")
     lr: float = _f(1e-6, "AdamW learning rate")
     weight_decay: float = _f(0.0, "AdamW weight decay")
@@ -129,6 +135,11 @@ class ActorConfig:
 
     def validate(self) -> None:
         _check(self.world_size >= 1, "actor.world_size", f"must be >= 1, got {self.world_size}")
+        _check(self.zero_stage in (1, 2, 3), "actor.zero_stage", f"must be 1, 2 or 3, got {self.zero_stage}")
+        _check(self.lora_rank >= 0, "actor.lora_rank", f"must be >= 0, got {self.lora_rank}")
+        _check(self.lora_alpha > 0, "actor.lora_alpha", f"must be > 0, got {self.lora_alpha}")
+        _check(0 <= self.lora_dropout < 1, "actor.lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
+        _check(len(self.lora_target_modules) > 0, "actor.lora_target_modules", "must list at least one module")
         _check(self.lr > 0, "actor.lr", f"must be > 0, got {self.lr}")
         _check(self.weight_decay >= 0, "actor.weight_decay", f"must be >= 0, got {self.weight_decay}")
         _check(len(self.betas) == 2, "actor.betas", f"must have 2 values, got {len(self.betas)}")
@@ -215,6 +226,8 @@ class WeightSyncConfig:
     verify: bool = _f(True, "after each sync, compare trainer and engine log-probs on a probe")
     tolerance: float = _f(1e-3, "max abs log-prob difference trainer vs engine on the probe")
     probe_tokens: int = _f(32, "tokens in the verification probe")
+    lora_mode: Literal["merge", "adapter"] = _f(
+        "merge", "LoRA runs: sync merged full weights, or only the adapter (the engine serves it as a LoRA)")
 
     def validate(self) -> None:
         _check(self.bucket_mb > 0, "weight_sync.bucket_mb", f"must be > 0, got {self.bucket_mb}")
@@ -308,6 +321,9 @@ class Config:
         _check(self.rollout.num_replicas <= self.actor.world_size, "rollout.num_replicas",
                f"{self.rollout.num_replicas} replicas need as many trainer bundles; actor.world_size is "
                f"{self.actor.world_size}")
+        if self.weight_sync.lora_mode == "adapter" and self.actor.lora_rank > 0:
+            _check(self.actor.lora_rank <= 512, "actor.lora_rank",
+                   f"{self.actor.lora_rank} exceeds vLLM's maximum LoRA rank 512 (weight_sync.lora_mode=adapter)")
         need = self.data.max_prompt_tokens + self.rollout.max_new_tokens
         _check(need <= self.rollout.max_model_len, "rollout.max_model_len",
                f"{self.rollout.max_model_len} must be >= data.max_prompt_tokens + rollout.max_new_tokens = {need}")

@@ -49,13 +49,15 @@ def build_workers(cfg: Config, model_path: str, tokenizer, with_critic: bool = F
     gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= cfg.actor.world_size else 0.0
     a = cfg.actor
     pool = ResourcePool(a.world_size, cpus_per_bundle=a.cpus_per_worker, gpus_per_bundle=gpus, name="hybrid")
-    actor_cfg = {**_as_dict(a), "dtype": cfg.model.dtype}
+    # lora_sync tells the trainer backend what a weight sync carries (backends/fsdp.py).
+    actor_cfg = {**_as_dict(a), "dtype": cfg.model.dtype, "lora_sync": cfg.weight_sync.lora_mode}
     algo_cfg = _as_dict(cfg.algorithm)
     roles = {"actor": (ActorWorker, dict(model_path=model_path, actor_cfg=actor_cfg, algo_cfg=algo_cfg,
                                          trainable=True, seed=cfg.trainer.seed))}
     if a.kl_coef > 0 or cfg.algorithm.kl_in_reward:
-        roles["ref"] = (ActorWorker, dict(model_path=model_path, actor_cfg=actor_cfg, algo_cfg=algo_cfg,
-                                          trainable=False, seed=cfg.trainer.seed))
+        # The reference is the frozen base model: no LoRA layers (a fresh LoRA would equal it anyway).
+        roles["ref"] = (ActorWorker, dict(model_path=model_path, actor_cfg={**actor_cfg, "lora_rank": 0},
+                                          algo_cfg=algo_cfg, trainable=False, seed=cfg.trainer.seed))
     if with_critic:  # same processes as the actor: phases alternate, and the process group is shared
         critic_cfg = {**_as_dict(cfg.critic), "dtype": cfg.model.dtype}
         roles["critic"] = (CriticWorker, dict(model_path=model_path, critic_cfg=critic_cfg, seed=cfg.trainer.seed))
@@ -65,6 +67,10 @@ def build_workers(cfg: Config, model_path: str, tokenizer, with_critic: bool = F
     ro = cfg.rollout
     engine_kwargs = dict(dtype=ro.dtype, max_model_len=ro.max_model_len, kv_cache_gb=ro.kv_cache_gb,
                          gpu_memory_utilization=ro.gpu_memory_utilization)
+    sync_mode = "full" if a.lora_rank == 0 else cfg.weight_sync.lora_mode
+    if sync_mode == "adapter":  # the engine serves the synced adapter as a LoRA
+        engine_kwargs["lora"] = dict(rank=a.lora_rank, alpha=a.lora_alpha, dropout=a.lora_dropout,
+                                     target_modules=list(a.lora_target_modules))
     rollout = WorkerGroup(pool, RolloutWorker, dict(model_path=model_path, engine=ro.engine,
                                                    engine_kwargs=engine_kwargs,
                                                    pad_token_id=tokenizer.pad_token_id or 0, seed=cfg.trainer.seed),
@@ -84,7 +90,7 @@ def build_workers(cfg: Config, model_path: str, tokenizer, with_critic: bool = F
     full = tokenizer(PROBE_TEXT)["input_ids"][:len(prompt_ids) + cfg.weight_sync.probe_tokens]
     probe = make_probe(prompt_ids, full[len(prompt_ids):], tokenizer.pad_token_id or 0)
     sync = BucketedWeightSync(actor, rollout, int(cfg.weight_sync.bucket_mb * 2**20), probe,
-                              verify=cfg.weight_sync.verify, tolerance=cfg.weight_sync.tolerance)
+                              verify=cfg.weight_sync.verify, tolerance=cfg.weight_sync.tolerance, mode=sync_mode)
     sync.check()  # engine and trainer start from the same checkpoint: prove it before step 1
     return Workers(pool, actor, ref, critic, rollout, sync, [rollout, trainers])
 

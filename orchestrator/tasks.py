@@ -93,9 +93,9 @@ class AgentTask:
         self.episodes += g
         samples, episodes = self._play(self.train_envs, generate, seeds, False, step)
         batch = samples_to_batch(samples, episodes, step, self.tok.pad_token_id or 0)
-        metrics = episode_metrics(episodes, "episode")
-        metrics.update({"episode/invalid_action_ratio": float(np.mean([not s.valid for s in samples])),
-                        "episode/env_errors": sum(s.info.get("env_error") is not None for s in samples)})
+        metrics = episode_metrics(episodes, "env")
+        metrics.update({"env/invalid_action_ratio": float(np.mean([not s.valid for s in samples])),
+                        "env/errors": sum(s.info.get("env_error") is not None for s in samples)})
         return batch, metrics
 
     def validate(self, generate) -> dict:

@@ -64,6 +64,14 @@ def test_episodes_samples_tags_and_penalty(ray_cluster, tok):
     assert "already taken 1 step(s)" in step2 and "Action 1: 'inc'" in step2 and "'inc', 'wait'" in step2
     assert [len(x) for x in seen] == [4, 4, 2]
     assert len(samples) == 2 * 2 + 2 * 3
+    # group seeding: members of a group share the first observation, so anchors repeat across
+    # trajectories and GiGPO's step groups are non-trivial: group 0 has 2 states x 2 trajectories,
+    # group 1 has 3 states x 2 trajectories -> 5 anchor groups, each of size 2.
+    assert seen[0][0] == seen[0][1] and seen[0][2] == seen[0][3] and seen[0][0] != seen[0][2]
+    sizes = {}
+    for s in samples:
+        sizes[(s.group, s.anchor)] = sizes.get((s.group, s.anchor), 0) + 1
+    assert sorted(sizes.values()) == [2] * 5
 
 
 def test_crash_and_timeout_end_only_that_episode(ray_cluster, tok):
@@ -80,6 +88,13 @@ def test_crash_and_timeout_end_only_that_episode(ray_cluster, tok):
     assert "RuntimeError: counter env exploded" in errors[0] and "timed out after 5s" in errors[1]
     assert errors[2] is None and episodes[2]["won"] and episodes[2]["steps"] == 4
     assert episodes[0]["steps"] == episodes[1]["steps"] == 1 and not episodes[0]["won"]
+    # an env actor killed mid-episode ends only its own episode
+    manager.reset([0, 1, 2])
+    import ray
+    ray.kill(manager._actors[1])
+    out = manager.step({0: "inc", 1: "inc", 2: "inc"})
+    assert out[1].done and "step raised" in out[1].info["env_error"] and manager.errors == 3
+    assert not out[0].done and out[0].observation == "value 1, target 2"
     # broken actors are replaced at the next reset and play normally
     assert [r.observation for r in manager.reset([0, 1, 2])] == [
         "value 0, target 2", "value 0, target 3", "value 0, target 4"]

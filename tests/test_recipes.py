@@ -60,5 +60,5 @@ def test_recipe_runs_one_step(name, ray_cluster, tiny_model_dir, tmp_path):
         assert step["timing/values_s"] > 0 and step["critic/vf_loss"] >= 0 and "critic/vf_clipfrac" in step
         assert (run / "checkpoints/step_1/critic_hf/config.json").exists()
     if cfg.env.name:  # agent recipes: episodes ran in the env actors, success reported per task type
-        assert 0 <= step["episode/success_rate"] <= 1 and step["episode/length_mean"] >= 1
+        assert 0 <= step["env/success_rate"] <= 1 and step["env/length_mean"] >= 1
         assert any(k.startswith("val/success/") for k in step)
