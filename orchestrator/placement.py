@@ -59,7 +59,7 @@ def build_workers(cfg: Config, model_path: str, tokenizer, with_critic: bool = F
         roles["ref"] = (ActorWorker, dict(model_path=model_path, actor_cfg={**actor_cfg, "lora_rank": 0},
                                           algo_cfg=algo_cfg, trainable=False, seed=cfg.trainer.seed))
     if with_critic:  # same processes as the actor: phases alternate, and the process group is shared
-        critic_cfg = {**_as_dict(cfg.critic), "dtype": cfg.model.dtype}
+        critic_cfg = {**_as_dict(cfg.critic), "dtype": cfg.model.dtype, "backend": a.backend, "zero_stage": a.zero_stage}
         roles["critic"] = (CriticWorker, dict(model_path=model_path, critic_cfg=critic_cfg, seed=cfg.trainer.seed))
     share = 0.5  # actor+ref host and rollout engine each take half a bundle
     trainers = WorkerGroup(pool, roles, name="trainer", num_cpus_per_worker=a.cpus_per_worker * share,

@@ -53,5 +53,9 @@ if [ "$WITH_TEST" = 1 ] && ! "$VENV/bin/python" -c "import alfworld, textworld" 
   # fast-downward's build runs a bare `python`: the venv's must come first on PATH.
   PATH="$PWD/$VENV/bin:$PATH" "$VENV/bin/python" -m pip install --quiet --progress-bar off -e ".[alfworld]"
 fi
+if [ "$WITH_TEST" = 1 ] && [ "$STACK" = cpu ]; then
+  # DeepSpeed's CPU shared-memory comm op compiles once (~1-4 min cold) into ~/.cache/torch_extensions.
+  "$VENV/bin/python" -m workers.backends.deepspeed --warmup
+fi
 # Convert the GGUF once into a plain HF folder (with this venv's transformers) and verify it.
 "$VENV/bin/python" -m orchestrator.model_prep

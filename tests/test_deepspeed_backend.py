@@ -162,7 +162,8 @@ def test_zero3_trains_one_step_and_gathers_in_buckets(ray_cluster, ranks, tiny_m
     kw = dict(n_tokens=int(batch["response_mask"].sum()), scale=2.0)
     on_all(ray_cluster, ranks, "setup", ("z3", "deepspeed", tiny_model_dir, {**CFG, "zero_stage": 3}), timeout=180)
     # Partitioned: each rank holds half of every large tensor.
-    local = on_all(ray_cluster, ranks, "run", ("z3", lambda be: sum(p.ds_tensor.numel() for p in be.model.parameters())))
+    local = on_all(ray_cluster, ranks, "run",
+                   ("z3", lambda be: sum(p.ds_tensor.numel() for p in be.model.parameters())))
     n_params = sum(t.numel() for t in load_file(os.path.join(tiny_model_dir, "model.safetensors")).values())
     assert abs(local[0] - n_params / 2) < 0.01 * n_params
     bucket_bytes = 40_000
@@ -261,3 +262,24 @@ def test_zero3_checkpoint_roundtrip_and_save_hf(ray_cluster, ranks, tiny_model_d
     assert tok("hello world").input_ids == AutoTokenizer.from_pretrained(tiny_model_dir)("hello world").input_ids
     with pytest.raises(Exception, match="no DeepSpeed checkpoint"):
         ray_cluster.get(ranks[0].run.remote("z3", lambda be, p: be.load(p), str(tmp_path / "missing")), timeout=60)
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_forward_only_engine_matches_plain_model(ray_cluster, ranks, tiny_model_dir, stage):
+    """trainable=False (a reference policy): no optimizer (ZeRO-1/2 then run as stage 0, which
+    DeepSpeed allows without one), frozen, log-probs equal the plain model's."""
+    from transformers import AutoModelForCausalLM
+
+    from workers.backends.fsdp import response_logprobs
+    on_all(ray_cluster, ranks, "setup", ("ref", "deepspeed", tiny_model_dir, {"zero_stage": stage}, False),
+           timeout=180)
+    state = on_all(ray_cluster, ranks, "run", ("ref", lambda be: (be.optimizer is None, be.model.training,
+                                                                   any(p.requires_grad for p in be.model.parameters()),
+                                                                   be.ds_config()["zero_optimization"]["stage"])))
+    assert state == [(True, False, False, 0 if stage == 2 else 3)] * 2
+    batch = make_batch(9)
+    outs = on_all(ray_cluster, ranks, "run", *[("ref", lambda be, h: be.forward_logprobs(h, 3)[0], h)
+                                               for (h,) in halves(batch)])
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(torch.cat(outs), response_logprobs(model, batch)[0], atol=1e-5, rtol=1e-6)

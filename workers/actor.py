@@ -17,7 +17,7 @@ import algorithms
 from algorithms.losses import aggregate, kl_penalty, masked_mean
 from orchestrator.batch import Batch
 from orchestrator.worker_group import SINGLE_ROLE, Dispatch, Execute, register
-from workers.backends import make_backend
+from workers.backends import backend_options, make_backend
 from workers.backends.base import length_order
 from workers.base import Worker
 from workers.dist import init_distributed
@@ -40,9 +40,7 @@ class ActorWorker(Worker):
         init_distributed()
         torch.manual_seed(self.seed)
         c = self.cfg
-        self.backend = make_backend(c.get("backend", "fsdp"), lr=c["lr"], weight_decay=c["weight_decay"],
-                                    betas=tuple(c["betas"]), grad_clip=c["grad_clip"], dtype=c.get("dtype", "float32"),
-                                    gradient_checkpointing=c.get("gradient_checkpointing", False), seed=self.seed)
+        self.backend = make_backend(c.get("backend", "fsdp"), **{**backend_options(c), "seed": self.seed})
         self.backend.setup(self.model_path, trainable=self.trainable)
         n_params = sum(p.numel() for p in self.backend.model.parameters())
         return {"setup_s": time.time() - t0, "local_params": n_params}

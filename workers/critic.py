@@ -20,7 +20,7 @@ from algorithms.losses import value_loss
 from orchestrator.batch import Batch
 from orchestrator.worker_group import Dispatch, register
 from workers.actor import SEQ_MEAN, _all_reduce_sum
-from workers.backends import make_backend
+from workers.backends import backend_options, make_backend
 from workers.backends.base import length_order
 from workers.base import Worker
 from workers.dist import init_distributed
@@ -51,10 +51,7 @@ class CriticWorker(Worker):
         init_distributed()
         torch.manual_seed(self.seed)
         c = self.cfg
-        self.backend = make_backend(c.get("backend", "fsdp"), lr=c["lr"], weight_decay=c["weight_decay"],
-                                    betas=tuple(c["betas"]), grad_clip=c["grad_clip"], dtype=c.get("dtype", "float32"),
-                                    gradient_checkpointing=c.get("gradient_checkpointing", False), seed=self.seed,
-                                    value_head_std=c.get("value_head_std"))
+        self.backend = make_backend(c.get("backend", "fsdp"), **{**backend_options(c), "seed": self.seed})
         self.backend.setup(self.model_path, trainable=True, kind="value")
         n_params = sum(p.numel() for p in self.backend.model.parameters())
         return {"setup_s": time.time() - t0, "local_params": n_params}

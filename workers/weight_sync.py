@@ -10,6 +10,15 @@ FSDP shards into full tensors one bucket at a time (a collective), rank 0 puts e
 the Ray object store once and every replica loads it in the engine's own layout; the replicas
 close the update (repack); then the sync is verified.
 
+Modes (`mode`, config `weight_sync.lora_mode` for LoRA runs; the trainer backend is built with the
+matching `lora_sync`, which decides what its `iter_param_buckets` yields):
+- "full": a model without LoRA, all weights;
+- "merge": a LoRA model, all weights with the adapter merged in (W + B·A·alpha/r), same path;
+- "adapter": a LoRA model, only the adapter tensors; the engine (built with `lora=...`) serves
+  them as a LoRA adapter (vLLM: a new `LoRARequest` per sync; HF: peft layers). The probe is then
+  scored with the adapter active, so verification covers the adapter path.
+`SyncReport.bytes` is what rank 0 sent (per replica), so the modes compare directly.
+
 Verification (on by default): engines that repack weights (vLLM on CPU does) cannot be
 checksummed against the trainer, so the check is behavioural and engine-independent: the
 teacher-forced log-probs of a fixed probe sequence, computed by the trainer and by every
@@ -45,6 +54,7 @@ class SyncReport:
     max_abs_diff: float     # worst |log p_trainer - log p_engine| over probe tokens and replicas
     gather_seconds: float = 0.0  # rank 0: gathering shards into full buckets
     send_seconds: float = 0.0    # rank 0: object store + engine load, waited on
+    mode: str = "full"           # "full" | "merge" | "adapter" (see the module docstring)
 
 
 class WeightSync(ABC):
@@ -62,9 +72,15 @@ def make_probe(prompt_ids: list[int], response_ids: list[int], pad_token_id: int
                           len(prompt_ids), len(response_ids), pad_token_id)
 
 
+SYNC_MODES = ("full", "merge", "adapter")
+
+
 class BucketedWeightSync(WeightSync):
     def __init__(self, actor_group, rollout_group, bucket_bytes: int, probe: Batch,
-                 verify: bool = True, tolerance: float = 1e-3):
+                 verify: bool = True, tolerance: float = 1e-3, mode: str = "full"):
+        if mode not in SYNC_MODES:
+            raise ValueError(f"weight sync mode must be one of {list(SYNC_MODES)}, got {mode!r}")
+        self.mode = mode
         self.actor, self.rollout = actor_group, rollout_group
         self.bucket_bytes, self.probe = int(bucket_bytes), probe
         self.verify, self.tolerance = verify, tolerance
@@ -81,7 +97,7 @@ class BucketedWeightSync(WeightSync):
         max_diff = self.check() if self.verify else float("nan")
         return SyncReport(seconds=time.time() - t0, transfer_seconds=transfer_s, bytes=stats[0]["bytes"],
                           buckets=stats[0]["buckets"], verified=self.verify, max_abs_diff=max_diff,
-                          gather_seconds=stats[0]["gather_s"], send_seconds=stats[0]["send_s"])
+                          gather_seconds=stats[0]["gather_s"], send_seconds=stats[0]["send_s"], mode=self.mode)
 
     def check(self) -> float:
         """Trainer vs every engine replica on the probe; raises WeightSyncError past tolerance."""

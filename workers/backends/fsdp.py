@@ -10,6 +10,15 @@ stay one parameter inside one unit). Works on CPU (gloo) and CUDA (nccl), and wi
 All methods of `FSDPBackend` are collectives: every rank must call them in the same order with
 the same number of micro-batches, and each collective runs under the process group's timeout
 (see workers/dist.py), so a dead peer raises instead of hanging.
+
+LoRA (lora_rank > 0, causal_lm only): peft LoRA layers are injected before sharding (lora.py);
+only they are trainable and in the optimizer. `lora_sync` picks what `iter_param_buckets` yields:
+"merge" = full merged weights (W + B·A·alpha/r, HF names), "adapter" = the adapter tensors only
+(peft adapter names) for engines that serve the adapter. Checkpoints hold the adapter (plus a peft
+adapter folder); `save_hf` writes the merged model and the adapter folder (lora.ADAPTER_SUBDIR).
+
+`DataParallelBackend` holds what the FSDP and DeepSpeed backends share: forward passes over
+length-sorted micro-batches, rank agreement checks, the weight-sync payload and the HF export.
 """
 from __future__ import annotations
 
@@ -33,77 +42,86 @@ from orchestrator.batch import Batch
 from workers import dist as hdist
 from workers.backends.base import LossFn, TrainingBackend, length_order
 # response_logprobs / response_values are pure and also imported from here by callers and tests.
-from workers.backends.fsdp_model import (MODEL_KINDS, check_layout, find_layers, load_hf_model, response_logprobs,
-                                         response_values, strip_prefixes)
+from workers.backends.fsdp_model import (MODEL_KINDS, TOKENIZER_FILES, check_layout, find_layers,  # noqa: F401
+                                         load_hf_model, response_logprobs, response_values, strip_prefixes,
+                                         write_hf_folder)
+from workers.backends.lora import (ADAPTER_SUBDIR, SYNC_MODES, LoraSpec, adapter_name, bucketize, inject_lora,
+                                   is_lora_name, merge_lora, write_adapter)
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
-                   "merges.txt", "tokenizer.model", "added_tokens.json", "chat_template.jinja",
-                   "chat_template.json")
+EXPORT_BUCKET_BYTES = 256 * 2**20  # save_hf gathers the full weights in pieces of this size
 
 
-class FSDPBackend(TrainingBackend):
-    """FSDP2 + torch AdamW. `dtype` is the parameter (and compute) dtype; log-softmax is float32."""
+class DataParallelBackend(TrainingBackend):
+    """What the FSDP2 and DeepSpeed backends share. A subclass sets `self.model` (the HF module,
+    LoRA-injected when enabled), implements `_forward_module` (what to call for a forward) and
+    `_gather_named` (full tensors, lazily, every rank in the same order), plus setup / train_step /
+    save / load / save_hf."""
 
     def __init__(self, lr: float = 1e-6, weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, grad_clip: float | None = 1.0, dtype: str = "float32",
-                 gradient_checkpointing: bool = False, seed: int = 0, value_head_std: float | None = None):
+                 gradient_checkpointing: bool = False, seed: int = 0, value_head_std: float | None = None,
+                 lora_rank: int = 0, lora_alpha: float = 16.0, lora_dropout: float = 0.0,
+                 lora_target_modules: list[str] | None = None, lora_sync: str = "merge"):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         if not lr >= 0:
             raise ValueError(f"lr must be >= 0, got {lr}")
+        if lora_sync not in SYNC_MODES:
+            raise ValueError(f"lora_sync must be one of {list(SYNC_MODES)}, got {lora_sync!r}")
         self.lr, self.weight_decay, self.betas, self.eps = lr, weight_decay, tuple(betas), eps
         self.grad_clip, self.dtype = grad_clip, DTYPES[dtype]
         self.gradient_checkpointing, self.seed = gradient_checkpointing, seed
         self.value_head_std = value_head_std  # kind="value" only; see fsdp_model.load_hf_model
+        self.lora = LoraSpec.from_options(lora_rank, lora_alpha, lora_dropout, lora_target_modules)
+        # What a weight sync carries (iter_param_buckets' default payload).
+        self.sync_payload = "adapter" if self.lora is not None and lora_sync == "adapter" else "full"
         self.kind = "causal_lm"
         self.model: torch.nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.trainable = False
         self.timings: dict[str, float] = {}
 
-    # ------------------------------------------------------------------ setup
-    def setup(self, model_path: str, trainable: bool, kind: str = "causal_lm") -> None:
-        """Load the HF model of `kind`, shard it (layers, then root), build AdamW when trainable.
-        Collective. kind="value" adds a scalar head (fsdp_model.load_hf_model: init from `seed`)."""
+    def _load_model(self, model_path: str, trainable: bool, kind: str) -> torch.nn.Module:
+        """Common part of setup: join the group, seed, load the HF model of `kind`, inject LoRA,
+        freeze what does not train. Returns the unsharded model."""
         if kind not in MODEL_KINDS:
             raise ValueError(f"model kind must be one of {list(MODEL_KINDS)}, got {kind!r}")
-        t0 = time.perf_counter()
+        if self.lora is not None and kind != "causal_lm":
+            raise ValueError(f"LoRA (lora_rank={self.lora.rank}) is supported for kind 'causal_lm' only, got {kind!r}")
         self.rank, self.world_size = hdist.init_distributed()
         if os.environ.get("OMP_NUM_THREADS", "").isdigit():
             torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
         torch.manual_seed(self.seed)
         self.device = hdist.device()
         self.model_path, self.trainable, self.kind = str(model_path), trainable, kind
-
         model = load_hf_model(self.model_path, kind, self.dtype, self.seed, self.value_head_std)
+        self.architecture = type(model).__name__  # before any wrapper renames the class
+        if self.lora is not None:
+            self.timings["lora_trainable_params"] = inject_lora(model, self.lora)
         if trainable and self.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if not trainable:
             model.requires_grad_(False)
-        mesh = init_device_mesh(self.device.type, (self.world_size,))
-        for layer in find_layers(model):
-            fully_shard(layer, mesh=mesh)
-        fully_shard(model, mesh=mesh)  # moves every parameter to this rank's shard on self.device
-        model.train(trainable)
-        self.model = model
+        return model
 
-        if trainable:
-            params = [p for p in model.parameters() if p.requires_grad]
-            kw = dict(lr=self.lr, betas=self.betas, eps=self.eps, weight_decay=self.weight_decay)
-            try:  # fused AdamW: ~3x faster step on CPU (stack.md); not every device/dtype has it
-                self.optimizer = torch.optim.AdamW(params, fused=True, **kw)
-            except (RuntimeError, ValueError) as e:
-                log.warning("fused AdamW unavailable (%s); using the foreach implementation", e)
-                self.optimizer = torch.optim.AdamW(params, **kw)
-        self.timings["setup_s"] = time.perf_counter() - t0
+    def _make_adamw(self, params: list) -> torch.optim.Optimizer:
+        kw = dict(lr=self.lr, betas=self.betas, eps=self.eps, weight_decay=self.weight_decay)
+        try:  # fused AdamW: ~3x faster step on CPU (stack.md); not every device/dtype has it
+            return torch.optim.AdamW(params, fused=True, **kw)
+        except (RuntimeError, ValueError) as e:
+            log.warning("fused AdamW unavailable (%s); using the foreach implementation", e)
+            return torch.optim.AdamW(params, **kw)
 
     def _require_model(self) -> torch.nn.Module:
         if self.model is None:
-            raise RuntimeError("FSDPBackend.setup() must run before this call")
+            raise RuntimeError(f"{type(self).__name__}.setup() must run before this call")
         return self.model
+
+    def _forward_module(self) -> torch.nn.Module:
+        return self._require_model()
 
     def _to_device(self, batch: Batch) -> Batch:
         if self.device.type == "cpu":
@@ -118,10 +136,10 @@ class FSDPBackend(TrainingBackend):
             raise RuntimeError(f"ranks disagree on the {what}: between {-t[1].item()} and {t[0].item()}")
 
     def _require_kind(self, kind: str, what: str) -> torch.nn.Module:
-        model = self._require_model()
+        self._require_model()
         if self.kind != kind:
             raise RuntimeError(f"{what} needs a model of kind {kind!r}; this backend holds a {self.kind!r} model")
-        return model
+        return self._forward_module()
 
     # -------------------------------------------------------------- inference
     def _sorted_forward(self, batch: Batch, micro_batch_size: int, fn) -> list[torch.Tensor]:
@@ -156,6 +174,114 @@ class FSDPBackend(TrainingBackend):
         model = self._require_kind("value", "forward_values")
         return self._sorted_forward(batch, micro_batch_size, lambda mb: [response_values(model, mb)])[0]
 
+    def _micro_step(self, model, mb: Batch, loss_fn: LossFn, temperature: float, sums: dict) -> torch.Tensor:
+        """Forward one micro-batch with grad and apply loss_fn; adds its metrics to `sums`."""
+        mb = self._to_device(mb)
+        if self.kind == "value":
+            loss, metrics = loss_fn(mb, response_values(model, mb), None)
+        else:
+            logprobs, entropy = response_logprobs(model, mb, temperature, with_entropy=True)
+            loss, metrics = loss_fn(mb, logprobs, entropy)
+        metrics = {"loss": float(loss.detach()), **{k: float(v) for k, v in metrics.items()}}
+        for k, v in metrics.items():
+            sums[k] = sums.get(k, 0.0) + v
+        return loss
+
+    def _check_train(self, micro_batches: list[Batch]) -> torch.nn.Module:
+        model = self._require_model()
+        if self.optimizer is None:
+            raise RuntimeError("train_step needs a backend set up with trainable=True")
+        if not micro_batches:
+            raise ValueError("train_step needs at least one micro-batch")
+        self._same_on_all_ranks(len(micro_batches), "number of micro-batches")
+        return model
+
+    def set_lr(self, lr: float) -> None:
+        """Set the learning rate of every parameter group (for a driver-side schedule)."""
+        if self.optimizer is None:
+            raise RuntimeError("set_lr needs a backend set up with trainable=True")
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    # ------------------------------------------------------------ weight sync
+    def _gather_named(self, bucket_bytes: int, lora_only: bool) -> Iterator[tuple[str, torch.Tensor]]:
+        """(model name, full detached CPU tensor) in state-dict order, a tied weight once under its
+        first name; gathered lazily (collective: every rank runs it to the end)."""
+        raise NotImplementedError
+
+    def iter_param_buckets(self, bucket_bytes: int, payload: str | None = None) -> Iterator[dict[str, torch.Tensor]]:
+        """The weights an engine needs, bucket by bucket (dicts of detached CPU tensors).
+
+        payload "full" (default without LoRA or with lora_sync="merge"): full HF-named weights, LoRA
+        merged in; "adapter" (default with lora_sync="adapter"): only the LoRA tensors, under peft
+        adapter names. Collective: every rank must run the generator to the end; only rank 0 needs
+        the values. A tied weight comes once under its first name (model.embed_tokens.weight). A
+        bucket holds tensors up to ~bucket_bytes (a larger one gets a bucket of its own); a rank
+        holds at most one bucket plus the tensor being gathered besides its shard.
+        """
+        self._require_model()
+        if bucket_bytes <= 0:
+            raise ValueError(f"bucket_bytes must be positive, got {bucket_bytes}")
+        payload = payload or self.sync_payload
+        if payload == "adapter":
+            if self.lora is None:
+                raise ValueError("payload 'adapter' needs a LoRA backend (lora_rank > 0)")
+            named = ((adapter_name(n), t) for n, t in self._gather_named(bucket_bytes, lora_only=True))
+        elif payload == "full":
+            named = self._gather_named(bucket_bytes, lora_only=False)
+            if self.lora is not None:
+                named = merge_lora(named, self.lora.scaling)
+        else:
+            raise ValueError(f"payload must be 'full' or 'adapter', got {payload!r}")
+        yield from bucketize(named, bucket_bytes)
+
+    def _collect(self, payload: str) -> dict[str, torch.Tensor]:
+        """All tensors of `payload` on rank 0 ({} elsewhere). Collective."""
+        out: dict[str, torch.Tensor] = {}
+        for bucket in self.iter_param_buckets(EXPORT_BUCKET_BYTES, payload):
+            if self.rank == 0:
+                out.update(bucket)
+        return out
+
+    def _write_adapter_folder(self, path: str) -> None:
+        """Rank 0 writes the peft adapter folder `path` (LoRA runs). Collective (gathers)."""
+        tensors = self._collect("adapter")
+        if self.rank == 0:
+            write_adapter(path, tensors, self.lora, self.model_path)
+
+    def _export_hf(self, path: str) -> None:
+        """Rank 0 writes an HF folder of the full (merged) weights and, for LoRA, the adapter folder
+        `path/adapter`. Collective; returns once both are complete on every rank."""
+        model = self._require_model()
+        full = self._collect("full")
+        if self.rank == 0:
+            write_hf_folder(path, full, model, self.model_path, self.architecture)
+        del full
+        if self.lora is not None:
+            self._write_adapter_folder(os.path.join(path, ADAPTER_SUBDIR))
+        dist.barrier()
+
+
+class FSDPBackend(DataParallelBackend):
+    """FSDP2 + torch AdamW. `dtype` is the parameter (and compute) dtype; log-softmax is float32."""
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, model_path: str, trainable: bool, kind: str = "causal_lm") -> None:
+        """Load the HF model of `kind` (LoRA-injected when lora_rank > 0), shard it (layers, then
+        root), build AdamW over the trainable parameters when trainable. Collective.
+        kind="value" adds a scalar head (fsdp_model.load_hf_model: init from `seed`)."""
+        t0 = time.perf_counter()
+        model = self._load_model(model_path, trainable, kind)
+        mesh = init_device_mesh(self.device.type, (self.world_size,))
+        for layer in find_layers(model):
+            fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)  # moves every parameter to this rank's shard on self.device
+        model.train(trainable)
+        self.model = model
+        if trainable:
+            self.optimizer = self._make_adamw([p for p in model.parameters() if p.requires_grad])
+        self.timings["setup_s"] = time.perf_counter() - t0
+
     # --------------------------------------------------------------- training
     def train_step(self, micro_batches: list[Batch], loss_fn: LossFn, temperature: float = 1.0) -> dict[str, float]:
         """zero_grad; per micro-batch forward with grad, loss_fn, backward; clip by the global grad
@@ -169,26 +295,12 @@ class FSDPBackend(TrainingBackend):
         average, unless loss_fn reports one), `grad_norm` (global, before clipping), `lr` and
         `step_skipped` (1.0 when the norm was not finite and the update was skipped).
         """
-        model = self._require_model()
-        if self.optimizer is None:
-            raise RuntimeError("train_step needs a backend set up with trainable=True")
-        if not micro_batches:
-            raise ValueError("train_step needs at least one micro-batch")
-        self._same_on_all_ranks(len(micro_batches), "number of micro-batches")
+        model = self._check_train(micro_batches)
         t0 = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
         for mb in micro_batches:
-            mb = self._to_device(mb)
-            if self.kind == "value":
-                loss, metrics = loss_fn(mb, response_values(model, mb), None)
-            else:
-                logprobs, entropy = response_logprobs(model, mb, temperature, with_entropy=True)
-                loss, metrics = loss_fn(mb, logprobs, entropy)
-            loss.backward()
-            metrics = {"loss": float(loss.detach()), **{k: float(v) for k, v in metrics.items()}}
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + v
+            self._micro_step(model, mb, loss_fn, temperature, sums).backward()
         out = {k: v / len(micro_batches) for k, v in sums.items()}
 
         grad_norm = self._clip_grad_norm()
@@ -202,13 +314,6 @@ class FSDPBackend(TrainingBackend):
         out.update(grad_norm=grad_norm, lr=float(self.optimizer.param_groups[0]["lr"]),
                    step_skipped=float(skipped))
         return out
-
-    def set_lr(self, lr: float) -> None:
-        """Set the learning rate of every parameter group (for a driver-side schedule)."""
-        if self.optimizer is None:
-            raise RuntimeError("set_lr needs a backend set up with trainable=True")
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
 
     def _clip_grad_norm(self) -> float:
         """Global L2 norm of all gradients; scale them to `grad_clip` if above (torch's formula).
@@ -237,36 +342,20 @@ class FSDPBackend(TrainingBackend):
                 g.mul_(coef.to(g.dtype))
         return float(total)
 
-    # ------------------------------------------------------------ weight sync
-    def iter_param_buckets(self, bucket_bytes: int) -> Iterator[dict[str, torch.Tensor]]:
-        """Full HF-named weights, bucket by bucket (dicts of detached CPU tensors in the model dtype).
 
-        Collective: every rank must run the generator to the end (each step all-gathers the
-        next tensors); only rank 0 needs to use the values. A tied weight is yielded once under
-        its first name (model.embed_tokens.weight, not lm_head.weight). A bucket holds tensors up
-        to ~bucket_bytes (one larger tensor gets a bucket of its own) and is dropped here before
-        the next one is gathered, so a rank holds at most one full bucket besides its shard.
-        """
+    # ------------------------------------------------------------ weight sync
+    def _gather_named(self, bucket_bytes: int, lora_only: bool) -> Iterator[tuple[str, torch.Tensor]]:
+        """Each DTensor all-gathered on its own, when the consumer asks for it (collective)."""
         model = self._require_model()
-        if bucket_bytes <= 0:
-            raise ValueError(f"bucket_bytes must be positive, got {bucket_bytes}")
         seen: set[int] = set()
-        bucket: dict[str, torch.Tensor] = {}
-        size = 0
         for name, tensor in model.state_dict(keep_vars=True).items():
             if id(tensor) in seen:
                 continue
             seen.add(id(tensor))
-            nbytes = tensor.numel() * self.dtype.itemsize
-            if bucket and size + nbytes > bucket_bytes:
-                yield bucket
-                bucket, size = {}, 0
+            if lora_only and not is_lora_name(name):
+                continue
             full = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
-            full = full.detach().to("cpu", self.dtype if full.is_floating_point() else full.dtype)
-            bucket[strip_prefixes(name)] = full
-            size += nbytes
-        if bucket:
-            yield bucket
+            yield strip_prefixes(name), full.detach().to("cpu", self.dtype if full.is_floating_point() else full.dtype)
 
     # ------------------------------------------------------------ checkpoints
     def _dcp_state(self, with_optimizer: bool) -> dict:
@@ -275,12 +364,21 @@ class FSDPBackend(TrainingBackend):
             if self.optimizer is None:
                 raise ValueError("with_optimizer=True needs a backend set up with trainable=True")
             msd, osd = get_state_dict(model, self.optimizer)
-            return {"model": msd, "optim": osd}
-        return {"model": get_model_state_dict(model)}
+            state = {"model": msd, "optim": osd}
+        else:
+            state = {"model": get_model_state_dict(model)}
+        if self.lora is not None:  # the frozen base is the model folder: keep only the adapter
+            state["model"] = {k: v for k, v in state["model"].items() if is_lora_name(k)}
+        return state
 
     def save(self, path: str, with_optimizer: bool = True) -> None:
-        """Sharded model (+ optimizer) state to the folder `path` with torch DCP. Collective."""
+        """Sharded model (+ optimizer) state to the folder `path` with torch DCP. Collective.
+        A LoRA run saves only the adapter (and its optimizer state), plus a peft adapter folder
+        `path/adapter` that `PeftModel.from_pretrained(base, path/adapter)` loads."""
         dcp.save(self._dcp_state(with_optimizer), checkpoint_id=str(path))
+        if self.lora is not None:
+            self._write_adapter_folder(os.path.join(path, ADAPTER_SUBDIR))
+            dist.barrier()
 
     def load(self, path: str, with_optimizer: bool = True) -> None:
         """Restore what `save` wrote (same world size or another: DCP reshards). Collective."""
@@ -288,16 +386,22 @@ class FSDPBackend(TrainingBackend):
             raise FileNotFoundError(f"no checkpoint folder at {path}")
         state = self._dcp_state(with_optimizer)
         dcp.load(state, checkpoint_id=str(path))
+        # A LoRA state holds the adapter only: the base weights stay as loaded from the model folder.
+        opts = StateDictOptions(strict=self.lora is None)
         if with_optimizer:
             set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
-                           optim_state_dict=state["optim"])
+                           optim_state_dict=state["optim"], options=opts)
         else:
-            set_model_state_dict(self.model, state["model"])
+            set_model_state_dict(self.model, state["model"], options=opts)
 
     def save_hf(self, path: str) -> None:
         """Gather the full weights to rank 0, which writes an HF folder (safetensors + config +
-        the tokenizer files of model_path). Collective; returns once the folder is complete."""
+        the tokenizer files of model_path). A LoRA run writes the merged weights there and the
+        peft adapter folder to `path/adapter`. Collective; returns once the folder is complete."""
         model = self._require_model()
+        if self.lora is not None:
+            self._export_hf(path)
+            return
         sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if self.rank == 0:
             os.makedirs(path, exist_ok=True)

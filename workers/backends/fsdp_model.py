@@ -6,7 +6,10 @@ the same backbone with a scalar head, `AutoModelForTokenClassification(num_label
 """
 from __future__ import annotations
 
+import copy
 import inspect
+import os
+import shutil
 
 import torch
 
@@ -18,6 +21,9 @@ LAYER_PATHS = ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neo
 WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
 LAYOUT_FIELDS = ("input_ids", "attention_mask", "position_ids", "responses")
 VALUE_HEAD = "score"  # the scalar head's module name in HF *ForTokenClassification models
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+                   "merges.txt", "tokenizer.model", "added_tokens.json", "chat_template.jinja",
+                   "chat_template.json")
 
 
 def check_layout(batch: Batch) -> tuple[int, int]:
@@ -172,3 +178,31 @@ def strip_prefixes(name: str) -> str:
     for prefix in WRAPPER_PREFIXES:
         name = name.replace(prefix, "")
     return name
+
+
+def copy_tokenizer_files(src_dir: str, dst_dir: str) -> None:
+    for name in TOKENIZER_FILES:
+        src = os.path.join(src_dir, name)
+        if os.path.isfile(src):
+            shutil.copy2(src, os.path.join(dst_dir, name))
+
+
+def write_hf_folder(path: str, state_dict: dict[str, torch.Tensor], model: torch.nn.Module, model_path: str,
+                    architecture: str | None = None) -> None:
+    """An HF model folder from full HF-named tensors: model.safetensors, config.json (architecture:
+    given, else type(model); pass the class name from before sharding, FSDP2 renames classes),
+    generation config, tokenizer files of `model_path`. Written directly with safetensors, so a
+    sharded or LoRA-injected `model` is only asked for its config. A tied head must be absent
+    from `state_dict` (the config ties it)."""
+    from safetensors.torch import save_file
+
+    os.makedirs(path, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state_dict.items()}, os.path.join(path, "model.safetensors"),
+              metadata={"format": "pt"})
+    config = copy.deepcopy(model.config)
+    config.architectures = [architecture or type(model).__name__]
+    config.save_pretrained(path)
+    gen = getattr(model, "generation_config", None)
+    if gen is not None and getattr(model, "can_generate", lambda: False)():
+        gen.save_pretrained(path)
+    copy_tokenizer_files(model_path, path)

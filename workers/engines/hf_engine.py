@@ -4,11 +4,17 @@ Slower than vLLM (no paged KV cache, no continuous batching) but has no internal
 Log-probs of sampled tokens come from `generate`'s processed scores (temperature, top-k, top-p
 applied), the same definition as `VLLMEngine` with `logprobs_mode="processed_logprobs"`; greedy
 requests report raw log-probs. Weight updates copy into the live parameters in place.
+
+LoRA adapter serving (`lora={"rank", "alpha", "dropout", "target_modules"}`): the first update that
+carries adapter tensors (peft adapter names) injects peft LoRA layers into the model (lora.py), and
+every such update copies the adapter into them; base tensors keep their HF names throughout.
 """
 from __future__ import annotations
 
 import torch
 
+from workers.backends.lora import (LoraSpec, check_adapter_pairs, check_adapter_tensors, inject_lora, is_lora_name,
+                                   model_name)
 from workers.engines.base import Completion, RolloutEngine, SamplingSpec
 
 
@@ -19,7 +25,8 @@ def _as_list(x) -> list[int]:
 
 
 class HFEngine(RolloutEngine):
-    def __init__(self, model_path: str, dtype: str = "float32", seed: int = 0, device: str | None = None):
+    def __init__(self, model_path: str, dtype: str = "float32", seed: int = 0, device: str | None = None,
+                 lora: dict | None = None):
         from transformers import AutoModelForCausalLM
 
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -34,6 +41,9 @@ class HFEngine(RolloutEngine):
         self.pad_id = int(pad if pad is not None else (self.eos_ids[0] if self.eos_ids else 0))
         # Detached views sharing storage with the live parameters/buffers; tied names share one tensor.
         self._tensors = self.model.state_dict()
+        self.lora = LoraSpec(**lora) if lora else None
+        self._staged_adapter: dict[str, torch.Tensor] = {}
+        self.adapter_id = 0  # updates that brought an adapter (0: none yet, the base model)
 
     # ---- generation -------------------------------------------------------------------------
     def _check_serving(self) -> None:
@@ -116,6 +126,12 @@ class HFEngine(RolloutEngine):
     def load_weights(self, named_tensors: dict[str, torch.Tensor]) -> None:
         if not self._updating:
             raise RuntimeError("load_weights called before begin_weight_update")
+        adapter = {k: v for k, v in named_tensors.items() if is_lora_name(k)}
+        if adapter:
+            if self.lora is None:
+                raise KeyError(f"engine was built without LoRA; cannot load adapter tensor {next(iter(adapter))!r}")
+            check_adapter_tensors(adapter, self.lora)
+        named_tensors = {k: v for k, v in named_tensors.items() if k not in adapter}
         for name, t in named_tensors.items():  # check the whole bucket before touching anything
             if name not in self._tensors:
                 raise KeyError(f"model has no tensor named {name!r}")
@@ -126,8 +142,31 @@ class HFEngine(RolloutEngine):
         # writes the one shared tensor.
         for name, t in named_tensors.items():
             self._tensors[name].copy_(t)
+        self._staged_adapter.update(adapter)
 
+    @torch.no_grad()
     def finish_weight_update(self) -> None:
         if not self._updating:
             raise RuntimeError("finish_weight_update called before begin_weight_update")
+        if self._staged_adapter:
+            self._apply_adapter(self._staged_adapter)
+            self._staged_adapter = {}
         self._updating = False
+
+    def _apply_adapter(self, tensors: dict[str, torch.Tensor]) -> None:
+        check_adapter_pairs(tensors)
+        if self.adapter_id == 0:  # first adapter: add LoRA layers; base weights move to `base_layer`
+            inject_lora(self.model, self.lora)
+            self.model.to(self.device).eval()
+        params = dict(self.model.named_parameters())
+        targets = {}
+        for name, t in tensors.items():
+            inner = model_name(name)
+            if inner not in params:
+                raise KeyError(f"adapter tensor {name!r}: the model has no LoRA weight {inner!r}")
+            if params[inner].shape != t.shape:
+                raise ValueError(f"adapter tensor {name!r}: shape {tuple(t.shape)} != {tuple(params[inner].shape)}")
+            targets[inner] = t
+        for inner, t in targets.items():
+            params[inner].copy_(t)
+        self.adapter_id += 1

