@@ -35,6 +35,8 @@ def _train(argv: list[str]) -> int:
         return 2
 
     from orchestrator.trainer import Trainer
+    if cfg.for_.enabled:  # Flow of Reasoning: the GFlowNet trainer (orchestrator/for_trainer.py)
+        from orchestrator.for_trainer import ForTrainer as Trainer
 
     trainer = Trainer(cfg)
     try:

@@ -254,6 +254,53 @@ class EnvConfig:
 
 
 @dataclass
+class ForConfig:
+    """Flow of Reasoning (GFlowNet fine-tuning, Yu et al. 2025) on BlocksWorld: orchestrator/for_trainer.py."""
+    enabled: bool = _f(False, "run the FoR trainer (orchestrator/for_trainer.py) instead of the RL trainer")
+    objective: Literal["vargrad_tb", "tb"] = _f("vargrad_tb", "GFlowNet loss: log-variance TB (FoR) or TB with a learned per-problem log Z")
+    num_problems: int = _f(15, "BlocksWorld training problems (generated; FoR: 15 per plan length)")
+    n_blocks: list[int] = _f([3, 4, 5], "block counts of the generated problems")
+    plan_lengths: list[int] = _f([2], "optimal plan lengths of the generated problems")
+    slack: int = _f(0, "trajectories stop at the goal or after optimal length + slack actions")
+    n_samples: int = _f(4, "trajectories per problem and step (on-policy or replayed)")
+    buffer_size: int = _f(50, "replay: top trajectories kept per problem")
+    use_buffer_prob: list[float] = _f([0.3, 0.5], "replay probability per problem [start, end] (linear over schedule_frac)")
+    epsilon: list[float] = _f([0.3, 0.01], "epsilon-uniform exploration [start, end]")
+    pf_temp_prob: float = _f(0.5, "probability that a trajectory samples from the tempered P_F")
+    pf_temp: list[float] = _f([2.0, 1.0], "P_F sampling temperature of tempered trajectories [start, end]")
+    reward_temp: list[float] = _f([1.0, 2.0], "reward temperature [start, end]: log R is multiplied by it")
+    schedule_frac: float = _f(0.5, "schedules reach their end value after this fraction of trainer.total_steps")
+    reward_floor: float = _f(0.1, "log R = log(max(R, reward_floor)): no goal fact met gives R = 0")
+    local_search_tries: int = _f(16, "local-search completions of the best trajectory per problem (0 = off)")
+    logz_lr: float = _f(0.01, "Adam learning rate of the per-problem log Z (objective tb)")
+    val_problems: int = _f(0, "held-out problems for validation (0 = none)")
+    val_samples: int = _f(8, "trajectories per validation problem (accuracy = >= 1 correct among them)")
+
+    def validate(self) -> None:
+        _check(self.num_problems >= 1, "for_.num_problems", f"must be >= 1, got {self.num_problems}")
+        _check(self.n_samples >= 1, "for_.n_samples", f"must be >= 1, got {self.n_samples}")
+        _check(self.buffer_size >= 1, "for_.buffer_size", f"must be >= 1, got {self.buffer_size}")
+        _check(self.slack >= 0, "for_.slack", f"must be >= 0, got {self.slack}")
+        _check(len(self.n_blocks) > 0 and all(2 <= k <= 12 for k in self.n_blocks), "for_.n_blocks",
+               f"must list block counts in 2..12, got {self.n_blocks}")
+        _check(len(self.plan_lengths) > 0 and all(n >= 1 for n in self.plan_lengths), "for_.plan_lengths",
+               f"must list lengths >= 1, got {self.plan_lengths}")
+        for key in ("use_buffer_prob", "epsilon"):
+            v = getattr(self, key)
+            _check(len(v) == 2 and all(0 <= x <= 1 for x in v), f"for_.{key}", f"must be [start, end] in [0, 1], got {v}")
+        for key in ("pf_temp", "reward_temp"):
+            v = getattr(self, key)
+            _check(len(v) == 2 and all(x > 0 for x in v), f"for_.{key}", f"must be [start, end] > 0, got {v}")
+        _check(0 <= self.pf_temp_prob <= 1, "for_.pf_temp_prob", f"must be in [0, 1], got {self.pf_temp_prob}")
+        _check(0 < self.schedule_frac <= 1, "for_.schedule_frac", f"must be in (0, 1], got {self.schedule_frac}")
+        _check(self.reward_floor > 0, "for_.reward_floor", f"must be > 0, got {self.reward_floor}")
+        _check(self.local_search_tries >= 0, "for_.local_search_tries", f"must be >= 0, got {self.local_search_tries}")
+        _check(self.logz_lr > 0, "for_.logz_lr", f"must be > 0, got {self.logz_lr}")
+        _check(self.val_problems >= 0, "for_.val_problems", f"must be >= 0, got {self.val_problems}")
+        _check(self.val_samples >= 1, "for_.val_samples", f"must be >= 1, got {self.val_samples}")
+
+
+@dataclass
 class TrainerConfig:
     total_steps: int = _f(10, "training steps (one rollout batch and one update each)")
     output_dir: str = _f("runs/quickstart", "folder for checkpoints, metrics and the resolved config")
@@ -303,6 +350,7 @@ class Config:
     env: EnvConfig = field(default_factory=EnvConfig, metadata={"help": "multi-turn agent environments"})
     trainer: TrainerConfig = field(default_factory=TrainerConfig, metadata={"help": "the training loop"})
     ray: RayConfig = field(default_factory=RayConfig, metadata={"help": "the Ray cluster"})
+    for_: ForConfig = field(default_factory=ForConfig, metadata={"help": "Flow of Reasoning (GFlowNet) training"})
 
     def validate(self) -> None:
         """Cross-section checks (each section's own checks ran before this)."""

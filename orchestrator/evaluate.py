@@ -31,11 +31,14 @@ def evaluate(cfg: Config, checkpoint: str | None = None) -> dict:
                            gpu_memory_utilization=ro.gpu_memory_utilization)),
         name="rollout", num_cpus_per_worker=cfg.actor.cpus_per_worker * 0.9, call_timeout_s=r.call_timeout_s,
         env={"OMP_NUM_THREADS": str(max(1, int(cfg.actor.cpus_per_worker)))})
+    task = None
     try:
         rollout.setup()
         task = make_task(cfg, tokenizer, partial(sampling_meta, ro, tokenizer.eos_token_id), train=False)
         metrics = task.validate(lambda prompts: trim_padding(rollout.generate(prompts)))
         return {"model": model_path, **metrics}
     finally:
+        if task is not None:
+            task.close()
         rollout.shutdown()
         pool.shutdown()

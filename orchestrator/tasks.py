@@ -55,6 +55,9 @@ class PromptTask:
     def state_dict(self) -> dict:
         return self.data.state_dict()
 
+    def close(self) -> None:
+        pass
+
 
 class AgentTask:
     def __init__(self, cfg, tokenizer, sampling_meta, train: bool = True):
@@ -107,6 +110,12 @@ class AgentTask:
 
     def state_dict(self) -> dict:
         return {"episodes": self.episodes}
+
+    def close(self) -> None:
+        """Kill the env actors (they hold Ray CPUs until then)."""
+        for envs in (self.train_envs, self.val_envs):
+            if envs is not None:
+                envs.close()
 
 
 def samples_to_batch(samples, episodes, step: int, pad_token_id: int) -> Batch:

@@ -201,6 +201,8 @@ class Trainer:
         return {"reward/kl": seq_kl, "reward/kl_coef": beta}
 
     def shutdown(self) -> None:
+        if getattr(self, "task", None) is not None:
+            self.task.close()
         self.w.shutdown()
 
 

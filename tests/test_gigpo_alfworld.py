@@ -26,6 +26,8 @@ def test_two_gigpo_iterations_on_alfworld(ray_cluster, tmp_path):
         trainer.fit()
     finally:
         trainer.shutdown()
+    from tests.test_recipes import assert_all_cpus_released
+    assert_all_cpus_released(ray_cluster)  # env actors included
     rows = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if r["step"] >= 1]
     assert [r["step"] for r in steps] == [1, 2]

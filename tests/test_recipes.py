@@ -20,6 +20,15 @@ def test_every_recipe_starts_with_its_command():
         assert first == f"# hyflow train configs/{name}", (name, first)
 
 
+def assert_all_cpus_released(ray, timeout_s: float = 15.0):
+    """Trainer.shutdown returns every Ray CPU (workers, placement groups and env actors)."""
+    import time
+    deadline = time.monotonic() + timeout_s
+    while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"]:
+        assert time.monotonic() < deadline, f"leaked: {ray.available_resources()} of {ray.cluster_resources()}"
+        time.sleep(0.5)
+
+
 def shrink(name: str, tmp_path: Path) -> list[str]:
     """Overrides that keep a recipe's algorithm and task but make one step take seconds."""
     out = ["rollout.max_new_tokens=8", "data.val_size=0", "rollout.kv_cache_gb=0.25", "trainer.progress=false",
@@ -47,6 +56,7 @@ def test_recipe_runs_one_step(name, ray_cluster, tiny_model_dir, tmp_path):
         trainer.fit()
     finally:
         trainer.shutdown()
+    assert_all_cpus_released(ray_cluster)
     run = tmp_path / "run"
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     step = [r for r in rows if r["step"] == 1][0]
@@ -77,6 +87,7 @@ def test_lora_run_through_the_trainer(backend, mode, ray_cluster, tiny_model_dir
         trainer.fit()
     finally:
         trainer.shutdown()
+    assert_all_cpus_released(ray_cluster)
     run = tmp_path / "run"
     step = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
     assert step["sync/verified"] is True
