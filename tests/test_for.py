@@ -16,6 +16,7 @@ from envs import blocksworld as bw
 from orchestrator.config import ConfigError, load_config
 from orchestrator.for_trainer import (Cursor, candidates, log_reward, plan_metrics, replay_from_json,
                                       replay_to_json, walk)
+from tests.test_recipes import assert_all_cpus_released
 from workers.gfn_actor import chosen_log_pf, problem_objective
 
 REPO = Path(__file__).resolve().parents[1]
@@ -237,3 +238,4 @@ def test_one_for_iteration_on_ray_and_checkpoint_restore(ray_cluster, tiny_model
         assert tr2.step()["step"] == 2  # and training continues
     finally:
         tr2.shutdown()
+    assert_all_cpus_released(ray_cluster)
