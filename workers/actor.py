@@ -17,10 +17,9 @@ import algorithms
 from algorithms.losses import aggregate, kl_penalty, masked_mean
 from orchestrator.batch import Batch
 from orchestrator.worker_group import SINGLE_ROLE, Dispatch, Execute, register
-from workers.backends import backend_options, make_backend
+from workers.backends import build_backend
 from workers.backends.base import length_order
 from workers.base import Worker
-from workers.dist import init_distributed
 
 SEQ_MEAN = ("seq-mean-token-mean", "seq-mean-token-sum")
 
@@ -36,14 +35,8 @@ class ActorWorker(Worker):
     # ------------------------------------------------------------------ lifecycle
     @register(dispatch=Dispatch.ONE_TO_ALL)
     def setup(self) -> dict:
-        t0 = time.time()
-        init_distributed()
-        torch.manual_seed(self.seed)
-        c = self.cfg
-        self.backend = make_backend(c.get("backend", "fsdp"), **{**backend_options(c), "seed": self.seed})
-        self.backend.setup(self.model_path, trainable=self.trainable)
-        n_params = sum(p.numel() for p in self.backend.model.parameters())
-        return {"setup_s": time.time() - t0, "local_params": n_params}
+        self.backend, info = build_backend(self.cfg, self.model_path, self.seed, trainable=self.trainable)
+        return info
 
     # ------------------------------------------------------------------ phases
     @register(dispatch=Dispatch.DP_SPLIT)

@@ -12,7 +12,6 @@ methods on the whole group, like the actor's:
 """
 from __future__ import annotations
 
-import time
 
 import torch
 
@@ -20,10 +19,9 @@ from algorithms.losses import value_loss
 from orchestrator.batch import Batch
 from orchestrator.worker_group import Dispatch, register
 from workers.actor import SEQ_MEAN, _all_reduce_sum
-from workers.backends import backend_options, make_backend
+from workers.backends import build_backend
 from workers.backends.base import length_order
 from workers.base import Worker
-from workers.dist import init_distributed
 
 REQUIRED_CFG = ("lr", "weight_decay", "betas", "grad_clip", "ppo_epochs", "mini_batch_size", "micro_batch_size",
                 "cliprange_value", "loss_agg")
@@ -47,14 +45,8 @@ class CriticWorker(Worker):
     # ------------------------------------------------------------------ lifecycle
     @register(dispatch=Dispatch.ONE_TO_ALL)
     def setup(self) -> dict:
-        t0 = time.time()
-        init_distributed()
-        torch.manual_seed(self.seed)
-        c = self.cfg
-        self.backend = make_backend(c.get("backend", "fsdp"), **{**backend_options(c), "seed": self.seed})
-        self.backend.setup(self.model_path, trainable=True, kind="value")
-        n_params = sum(p.numel() for p in self.backend.model.parameters())
-        return {"setup_s": time.time() - t0, "local_params": n_params}
+        self.backend, info = build_backend(self.cfg, self.model_path, self.seed, trainable=True, kind="value")
+        return info
 
     # ------------------------------------------------------------------ phases
     @register(dispatch=Dispatch.DP_SPLIT)

@@ -41,3 +41,21 @@ def backend_options(cfg: dict, backend: str | None = None) -> dict:
     if out.get("lora_target_modules") is not None:
         out["lora_target_modules"] = list(out["lora_target_modules"])
     return out
+
+
+def build_backend(cfg: dict, model_path: str, seed: int, trainable: bool = True, kind: str = "causal_lm"):
+    """Join the process group, then build and set up the backend named by cfg["backend"] with the
+    options found in `cfg` (what every model-holding worker does first). Returns (backend, info)."""
+    import time
+
+    import torch
+
+    from workers.dist import init_distributed
+
+    t0 = time.time()
+    init_distributed()
+    torch.manual_seed(seed)
+    backend = make_backend(cfg.get("backend", "fsdp"), **{**backend_options(cfg), "seed": seed})
+    backend.setup(model_path, trainable=trainable, kind=kind)
+    n_params = sum(p.numel() for p in backend.model.parameters())
+    return backend, {"setup_s": time.time() - t0, "local_params": n_params}
