@@ -121,27 +121,38 @@ class PrioritizedReplay:
         self._rng = rng
 
 
-def local_search(best_actions: Sequence, log_r_fn: Callable[[tuple], float],
-                 complete_fn: Callable[[tuple, np.random.Generator], Sequence], n_tries: int,
-                 rng: np.random.Generator, best_log_r: float | None = None,
-                 ) -> list[tuple[tuple, float]]:
-    """FoR local search: keep the first ⌊len/2⌋ actions of the best trajectory, re-complete the
-    rest ``n_tries`` times with ``complete_fn(prefix, rng)`` (returns the actions after the
-    prefix), and accept a completion only if its log R (``log_r_fn(actions)``) beats the best so
-    far (``best_log_r``, default log_r_fn(best_actions); raised by each accepted one, so accepted
-    log Rs strictly increase). Returns the accepted (actions tuple, log_r) in order."""
+def local_search_candidates(best_actions: Sequence, complete_fn: Callable[[tuple, np.random.Generator], Sequence],
+                            n_tries: int, rng: np.random.Generator) -> list[tuple]:
+    """FoR local search, proposal half: keep the first ⌊len/2⌋ actions of the best trajectory and
+    re-complete the rest ``n_tries`` times with ``complete_fn(prefix, rng)`` (returns the actions
+    after the prefix). Returns the n_tries full action tuples, in order."""
     best_actions = tuple(best_actions)
     if not best_actions:
         raise ValueError("best_actions is empty: nothing to search around")
     if not isinstance(n_tries, int) or n_tries < 0:
         raise ValueError(f"n_tries must be a non-negative int, got {n_tries!r}")
     prefix = best_actions[: len(best_actions) // 2]
-    best = float(log_r_fn(best_actions)) if best_log_r is None else float(best_log_r)
-    accepted = []
-    for _ in range(n_tries):
-        actions = prefix + tuple(complete_fn(prefix, rng))
-        log_r = float(log_r_fn(actions))
-        if log_r > best:  # nan never passes
-            accepted.append((actions, log_r))
-            best = log_r
+    return [prefix + tuple(complete_fn(prefix, rng)) for _ in range(n_tries)]
+
+
+def accept_improving(candidates: Sequence[tuple], log_rs: Sequence[float], best_log_r: float) -> list[tuple[tuple, float]]:
+    """FoR local search, acceptance half: walk the candidates in order and accept one only if its
+    log R beats the best so far (raised by each accepted one, so accepted log Rs strictly increase;
+    nan never passes). Returns the accepted (actions, log_r)."""
+    best, accepted = float(best_log_r), []
+    for actions, log_r in zip(candidates, log_rs):
+        if float(log_r) > best:
+            accepted.append((tuple(actions), float(log_r)))
+            best = float(log_r)
     return accepted
+
+
+def local_search(best_actions: Sequence, log_r_fn: Callable[[tuple], float],
+                 complete_fn: Callable[[tuple, np.random.Generator], Sequence], n_tries: int,
+                 rng: np.random.Generator, best_log_r: float | None = None,
+                 ) -> list[tuple[tuple, float]]:
+    """FoR local search: `local_search_candidates` then `accept_improving` against ``best_log_r``
+    (default log_r_fn(best_actions)). Returns the accepted (actions tuple, log_r) in order."""
+    cands = local_search_candidates(best_actions, complete_fn, n_tries, rng)
+    best = float(log_r_fn(tuple(best_actions))) if best_log_r is None else float(best_log_r)
+    return accept_improving(cands, [float(log_r_fn(a)) for a in cands], best)

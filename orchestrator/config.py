@@ -255,13 +255,21 @@ class EnvConfig:
 
 @dataclass
 class ForConfig:
-    """Flow of Reasoning (GFlowNet fine-tuning, Yu et al. 2025) on BlocksWorld: orchestrator/for_trainer.py."""
+    """Flow of Reasoning (GFlowNet fine-tuning, Yu et al. 2025): orchestrator/for_trainer.py, tasks in envs/for_domains.py."""
     enabled: bool = _f(False, "run the FoR trainer (orchestrator/for_trainer.py) instead of the RL trainer")
-    objective: Literal["vargrad_tb", "tb"] = _f("vargrad_tb", "GFlowNet loss: log-variance TB (FoR) or TB with a learned per-problem log Z")
-    num_problems: int = _f(15, "BlocksWorld training problems (generated; FoR: 15 per plan length)")
-    n_blocks: list[int] = _f([3, 4, 5], "block counts of the generated problems")
-    plan_lengths: list[int] = _f([2], "optimal plan lengths of the generated problems")
-    slack: int = _f(0, "trajectories stop at the goal or after optimal length + slack actions")
+    domain: Literal["blocksworld", "game24", "prontoqa"] = _f("blocksworld", "the reasoning task (envs/for_domains.py)")
+    objective: Literal["vargrad_tb", "tb", "db", "subtb", "fl_db", "fl_subtb"] = _f(
+        "vargrad_tb", "GFlowNet loss: log-variance TB (FoR), TB with a learned per-problem log Z, DB / SubTB, or "
+        "forward-looking FL-DB / FL-SubTB (db, subtb, fl_* learn a flow head on the LLM's last hidden state)")
+    num_problems: int = _f(15, "training problems (FoR: 15 BlocksWorld problems per plan length)")
+    n_blocks: list[int] = _f([3, 4, 5], "blocksworld: block counts of the generated problems")
+    plan_lengths: list[int] = _f([2], "blocksworld: optimal plan lengths of the generated problems")
+    slack: int = _f(0, "blocksworld: stop after optimal length + slack actions; prontoqa: after hops + slack")
+    game24_source: Literal["tot", "generated"] = _f("tot", "game24: the ToT 24.csv splits (train/val, easiest first) or generated puzzles")
+    hops: list[int] = _f([3], "prontoqa: proof lengths of the generated examples")
+    ll_weight: float = _f(0.0, "FoR's augmented reward: R + ll_weight * base-model likelihood bonus (FoR BlocksWorld 1.5; 0 = off)")
+    subtb_lambda: float = _f(0.9, "lambda of subtb / fl_subtb")
+    flow_lr: float = _f(1e-3, "Adam learning rate of the flow head (db, subtb, fl_db, fl_subtb)")
     n_samples: int = _f(4, "trajectories per problem and step (on-policy or replayed)")
     buffer_size: int = _f(50, "replay: top trajectories kept per problem")
     use_buffer_prob: list[float] = _f([0.3, 0.5], "replay probability per problem [start, end] (linear over schedule_frac)")
@@ -281,6 +289,10 @@ class ForConfig:
         _check(self.n_samples >= 1, "for_.n_samples", f"must be >= 1, got {self.n_samples}")
         _check(self.buffer_size >= 1, "for_.buffer_size", f"must be >= 1, got {self.buffer_size}")
         _check(self.slack >= 0, "for_.slack", f"must be >= 0, got {self.slack}")
+        _check(len(self.hops) > 0 and all(1 <= h <= 15 for h in self.hops), "for_.hops", f"must list hops in 1..15, got {self.hops}")
+        _check(self.ll_weight >= 0, "for_.ll_weight", f"must be >= 0, got {self.ll_weight}")
+        _check(self.subtb_lambda > 0, "for_.subtb_lambda", f"must be > 0, got {self.subtb_lambda}")
+        _check(self.flow_lr > 0, "for_.flow_lr", f"must be > 0, got {self.flow_lr}")
         _check(len(self.n_blocks) > 0 and all(2 <= k <= 12 for k in self.n_blocks), "for_.n_blocks",
                f"must list block counts in 2..12, got {self.n_blocks}")
         _check(len(self.plan_lengths) > 0 and all(n >= 1 for n in self.plan_lengths), "for_.plan_lengths",

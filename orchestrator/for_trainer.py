@@ -1,19 +1,30 @@
-"""Flow of Reasoning (Yu et al. 2025, §4 of algorithms.md) on BlocksWorld: GFlowNet fine-tuning.
+"""Flow of Reasoning (Yu et al. 2025, §4 of algorithms.md): GFlowNet fine-tuning of the LLM policy.
 
     hyflow train configs/for_blocksworld.yaml          # for_.enabled: true selects this trainer
+    hyflow train configs/for_game24.yaml               # for_.domain picks the task (envs/for_domains.py)
+    hyflow train configs/for_prontoqa.yaml
 
-A state is the problem plus the actions so far; A(s) = the allowed actions not yet taken. The
-driver scores each candidate's text with the actor's teacher-forced log-probs (no generation
-engine: the action set is finite), samples trajectories from softmax(candidates) with tempered and
-ε-uniform exploration, replays top trajectories from a prioritized buffer, runs local search on the
-best one, and sends every trajectory's candidate rows to the workers (workers/gfn_actor.py), which
-recompute log P_F with grad and take the GFlowNet step. log R = log max(for_reward, floor) · τ_R,
-log P_B = −log |Pa(s')| (the state graph is a DAG). With objective tb a per-problem log Z is learned
-here on the driver (Adam) from the gradients the workers return.
+A state is the problem plus the actions so far; A(s) is the domain's finite action set. The driver
+scores each candidate's text with the actor's teacher-forced log-probs (no generation engine),
+samples trajectories from softmax(candidates) with tempered and ε-uniform exploration, replays top
+trajectories from a prioritized buffer, runs local search on the best one, and sends every
+trajectory's candidate rows to the workers (workers/gfn_actor.py), which recompute log P_F with
+grad and take the GFlowNet step.
 
-Checkpoints (`checkpoints/step_N/`): the actor (LoRA adapter + optimizer) and trainer_state.json with
-the replay buffer (contents, order, RNG), log Z (+ its Adam state), the data cursor and the
-sampling RNG: a restored trainer continues exactly.
+log R = log max(R + λ·ll_bonus, floor) · τ_R (FoR's augmented reward: ll_bonus from the base model's,
+i.e. LoRA-off, log-likelihood of each chosen step); log P_B = −log |Pa(s')| on DAG domains, 0 on
+trees. Objectives: vargrad_tb (FoR), tb (per-problem log Z learned here on the driver with Adam from
+the workers' gradients), db / subtb and the forward-looking fl_db / fl_subtb (Pan et al. 2023), whose
+F̃(s) is the actor's scalar flow head and whose energies are the domain's partial energies · τ_R
+(−log R at the terminal).
+
+Metrics (FoR §4.5): accuracy (≥ 1 correct among k samples), diversity (distinct correct solutions per
+solved problem), creativity (share of distinct correct validation solutions that the step-0 policy,
+i.e. the base model, never found).
+
+Checkpoints (`checkpoints/step_N/`): the actor (LoRA adapter + optimizer, flow head) and
+trainer_state.json with the replay buffer (contents, order, RNG), log Z (+ its Adam state), the
+data cursor, the sampling RNG and the creativity baseline: a restored trainer continues exactly.
 """
 from __future__ import annotations
 
@@ -26,8 +37,8 @@ import numpy as np
 import torch
 
 from algorithms.gflownet import epsilon_schedule, reward_temperature, temper_log_reward, tempered_probs, uniform_log_pb
-from algorithms.replay import PrioritizedReplay, local_search
-from envs import blocksworld as bw
+from algorithms.replay import PrioritizedReplay, accept_improving, local_search_candidates
+from envs.for_domains import ForDomain, make_domain
 from orchestrator.batch import Batch
 from orchestrator.checkpoint import checkpoint_dir, load_trainer_state, save_checkpoint
 from orchestrator.config import Config, save_yaml
@@ -35,41 +46,10 @@ from orchestrator.metrics import MetricsLog, Timer, console_line
 from orchestrator.model_prep import resolve_model_path
 from orchestrator.resources import ResourcePool, init_ray
 from orchestrator.worker_group import WorkerGroup
-from workers.gfn_actor import GFlowNetActorWorker
+from workers.gfn_actor import FLOW_OBJECTIVES, GFlowNetActorWorker
 from workers.rollout import pack_sequences
 
 log = logging.getLogger("hyflow")
-
-
-# ------------------------------------------------------------------ the environment, on the driver
-def walk(problem: bw.Problem, actions) -> list[bw.State]:
-    """States s_0 … s_n along `actions` (texts); ValueError on an inapplicable one."""
-    states = [problem.init]
-    for a in actions:
-        nxt = bw.apply(states[-1], bw.parse_action(a))
-        if nxt is None:
-            raise ValueError(f"action {a!r} is not applicable in its state")
-        states.append(nxt)
-    return states
-
-
-def candidates(state: bw.State, taken) -> list[str]:
-    """FoR's A(s): the allowed actions minus those already taken (all allowed if none is left)."""
-    allowed = bw.allowed_actions(state)
-    return [a for a in allowed if a not in taken] or allowed
-
-
-def log_reward(problem: bw.Problem, actions, floor: float) -> float:
-    """log max(for_reward(final state), floor) (untempered)."""
-    return math.log(max(bw.for_reward(problem, walk(problem, actions)[-1]), floor))
-
-
-def is_done(problem: bw.Problem, state: bw.State, n_actions: int, max_len: int) -> bool:
-    return n_actions >= max_len or bw.is_goal(problem, state)
-
-
-def prompt_text(problem: bw.Problem, actions) -> str:
-    return bw.to_text(problem) + "".join(a + "\n" for a in actions)
 
 
 class Cursor:
@@ -119,21 +99,27 @@ class ForTrainer:
         save_yaml(cfg, self.run_dir / "config.yaml")
         if cfg.actor.lora_dropout > 0:  # the update's two passes must see the same function (gfn_actor.py)
             raise ValueError(f"actor.lora_dropout must be 0 for FoR training, got {cfg.actor.lora_dropout}")
+        if f.ll_weight > 0 and cfg.actor.lora_rank == 0:
+            raise ValueError("for_.ll_weight > 0 needs a LoRA actor (actor.lora_rank > 0): the likelihood reward "
+                             "scores steps with the base model, the actor with its adapters disabled")
         self.model_path = resolve_model_path(cfg.model.path)
         self.tok = AutoTokenizer.from_pretrained(self.model_path)
-        probs = bw.generate_problems(f.num_problems + f.val_problems, f.n_blocks, f.plan_lengths, seed=cfg.data.seed)
-        self.problems, self.val = probs[:f.num_problems], probs[f.num_problems:]
+        self.domain: ForDomain = make_domain(f)
+        self.problems, self.val = self.domain.problems(f.num_problems, f.val_problems, cfg.data.seed)
         self.cursor = Cursor(len(self.problems), cfg.data.batch_size, cfg.data.seed)
         self.replay = PrioritizedReplay(f.buffer_size, seed=cfg.trainer.seed)
         self.rng = np.random.default_rng([cfg.trainer.seed, 1])
         self.log_z = torch.zeros(len(self.problems), requires_grad=True)
         self.logz_opt = torch.optim.Adam([self.log_z], lr=f.logz_lr)
+        self.baseline: dict[int, list] | None = None  # creativity: correct val solutions at step 0
+        self._ll_cache: dict[tuple, tuple[float, int]] = {}  # (prompt, action) -> base (ll, tokens)
         self.global_step = 0
         r, a = cfg.ray, cfg.actor
         ray = init_ray(address=r.address, num_cpus=r.num_cpus, object_store_mb=r.object_store_mb, dashboard=r.dashboard)
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= a.world_size else 0.0
         self.pool = ResourcePool(a.world_size, cpus_per_bundle=a.cpus_per_worker, gpus_per_bundle=gpus, name="for")
-        actor_cfg = {**asdict(a), "dtype": cfg.model.dtype, "lora_sync": "merge"}
+        actor_cfg = {**asdict(a), "dtype": cfg.model.dtype, "lora_sync": "merge",
+                     "flow_head": f.objective in FLOW_OBJECTIVES, "flow_lr": f.flow_lr}
         self.group = WorkerGroup(self.pool, {"actor": (GFlowNetActorWorker, dict(
             model_path=self.model_path, actor_cfg=actor_cfg, trainable=True, seed=cfg.trainer.seed))},
             name="for-trainer", num_cpus_per_worker=a.cpus_per_worker, num_gpus_per_worker=gpus,
@@ -153,27 +139,27 @@ class ForTrainer:
         P, R = widths or (max(map(len, prompts)), max(map(len, acts)))
         return pack_sequences(prompts, acts, [[0.0] * len(x) for x in acts], P, R, self.tok.pad_token_id or 0)
 
-    def score(self, pairs: list[tuple[str, str]]) -> torch.Tensor:
-        """Sequence log-probs [len(pairs)] of each action after its prompt, under the actor."""
+    def score(self, pairs: list[tuple[str, str]], base: bool = False) -> torch.Tensor:
+        """Sequence log-probs [len(pairs)] of each action after its prompt, under the actor (or,
+        with base, under the base model: the actor with LoRA off)."""
         batch = self._rows(pairs)
-        lp = self.actor.compute_logprobs(batch)["logprobs"]
+        lp = (self.actor.base_logprobs if base else self.actor.compute_logprobs)(batch)["logprobs"]
         return (lp * batch["response_mask"]).sum(-1).double()
 
     def sample(self, pids: list[int], n: int, problems: list, epsilon: float, temp: float,
                temp_prob: float) -> dict[int, list[tuple]]:
         """n trajectories per problem from P_F, all trajectories advanced together (one scoring
         call per depth). A trajectory draws temperature `temp` with prob temp_prob (else 1)."""
-        slack = self.cfg.for_.slack
+        d = self.domain
         trajs = [(pid, []) for pid in pids for _ in range(n)]
         temps = [temp if self.rng.random() < temp_prob else 1.0 for _ in trajs]
-        states = [problems[pid].init for pid, _ in trajs]
+        states = [d.init(problems[pid]) for pid, _ in trajs]
         while True:
-            live = [i for i, (pid, acts) in enumerate(trajs)
-                    if not is_done(problems[pid], states[i], len(acts), problems[pid].optimal_length + slack)]
+            live = [i for i, (pid, acts) in enumerate(trajs) if not d.done(problems[pid], states[i], len(acts))]
             if not live:
                 break
-            cands = {i: candidates(states[i], trajs[i][1]) for i in live}
-            pairs = [(prompt_text(problems[trajs[i][0]], trajs[i][1]), c) for i in live for c in cands[i]]
+            cands = {i: d.candidates(problems[trajs[i][0]], states[i], trajs[i][1]) for i in live}
+            pairs = [(d.prompt(problems[trajs[i][0]], trajs[i][1]), c) for i in live for c in cands[i]]
             seq, k = self.score(pairs), 0
             for i in live:
                 logits = seq[k:k + len(cands[i])]
@@ -181,56 +167,82 @@ class ForTrainer:
                 p = tempered_probs(logits, temps[i], epsilon).numpy()
                 a = cands[i][int(self.rng.choice(len(p), p=p / p.sum()))]
                 trajs[i][1].append(a)
-                states[i] = bw.apply(states[i], bw.parse_action(a))
+                states[i] = d.apply(problems[trajs[i][0]], states[i], a)
         out: dict[int, list[tuple]] = {pid: [] for pid in pids}
         for pid, acts in trajs:
             out[pid].append(tuple(acts))
         return out
 
-    def _complete(self, problem: bw.Problem):
-        """Local search's completion: uniform random allowed, untaken actions until done."""
-        max_len = problem.optimal_length + self.cfg.for_.slack
+    def _complete(self, problem):
+        """Local search's completion: uniform random candidate actions until done."""
+        d = self.domain
 
         def complete(prefix: tuple, rng: np.random.Generator) -> list[str]:
-            acts, state = list(prefix), walk(problem, prefix)[-1]
-            while not is_done(problem, state, len(acts), max_len):
-                c = candidates(state, acts)
+            acts, state = list(prefix), d.walk(problem, prefix)[-1]
+            while not d.done(problem, state, len(acts)):
+                c = d.candidates(problem, state, acts)
                 acts.append(c[int(rng.integers(len(c)))])
-                state = bw.apply(state, bw.parse_action(acts[-1]))
+                state = d.apply(problem, state, acts[-1])
             return acts[len(prefix):]
         return complete
 
+    def log_rewards(self, items: list[tuple[int, tuple]]) -> list[float]:
+        """Untempered log R = log max(R + λ·ll_bonus, floor) of (problem id, actions) items; the base
+        model's step log-likelihoods for the bonus are scored in one call (and cached: the base
+        model never changes)."""
+        f, d = self.cfg.for_, self.domain
+        if f.ll_weight > 0:
+            need = sorted({(d.prompt(self.problems[p], acts[:t]), a) for p, acts in items
+                           for t, a in enumerate(acts)} - self._ll_cache.keys())
+            if need:
+                lls = self.score(need, base=True).tolist()
+                _, toks = self._tokens(need)
+                self._ll_cache.update({k: (ll, len(tk)) for k, ll, tk in zip(need, lls, toks)})
+        out = []
+        for p, acts in items:
+            prob = self.problems[p]
+            r = d.reward(prob, d.walk(prob, acts)[-1], acts)
+            if f.ll_weight > 0 and acts:
+                steps = [self._ll_cache[(d.prompt(prob, acts[:t]), a)] for t, a in enumerate(acts)]
+                r += f.ll_weight * d.ll_bonus([s[0] for s in steps], [s[1] for s in steps])
+            out.append(math.log(max(r, f.reward_floor)))
+        return out
+
     # ------------------------------------------------------------------ the training rows
-    def problem_rows(self, problem: bw.Problem, trajs: list[tuple], log_r: list[float]) -> tuple[list, dict, dict]:
+    def problem_rows(self, problem, trajs: list[tuple], log_r: list[float], reward_temp: float) -> tuple[list, dict, dict]:
         """Every candidate row of every step of `trajs`: (pairs, row index tensors, meta) in
-        gfn_actor.py's layout."""
+        gfn_actor.py's layout; log_r is tempered; energies E(s_t)·τ_R with −log R at the end."""
+        d = self.domain
         T = max(len(t) for t in trajs)
         pairs, flat, slot, chosen = [], [], [], []
         log_pb = np.zeros((len(trajs), T))
         mask = np.zeros((len(trajs), T))
+        energy = np.zeros((len(trajs), T + 1))
         for j, acts in enumerate(trajs):
-            states = walk(problem, acts)
+            states = d.walk(problem, acts)
             for t, a in enumerate(acts):
-                cands = candidates(states[t], acts[:t])
+                cands = d.candidates(problem, states[t], acts[:t])
                 if a not in cands:
                     raise ValueError(f"trajectory {acts} step {t}: {a!r} is not among its candidates")
-                prompt = prompt_text(problem, acts[:t])
+                prompt = d.prompt(problem, acts[:t])
                 for k, c in enumerate(cands):
                     pairs.append((prompt, c))
                     flat.append(j * T + t)
                     slot.append(k)
                     chosen.append(int(c == a))
-                log_pb[j, t] = float(uniform_log_pb(bw.num_parents(states[t + 1])))
+                log_pb[j, t] = 0.0 if d.tree else float(uniform_log_pb(d.num_parents(problem, states[t + 1])))
                 mask[j, t] = 1.0
+                energy[j, t] = reward_temp * d.energy(problem, states[t], acts[:t])
+            energy[j, len(acts)] = -log_r[j]
         index = {"gfn_flat": torch.tensor(flat), "gfn_slot": torch.tensor(slot), "gfn_chosen": torch.tensor(chosen)}
         meta = dict(gfn_n_traj=len(trajs), gfn_T=T, gfn_log_r=list(log_r), gfn_log_pb=log_pb.tolist(),
-                    gfn_mask=mask.tolist())
+                    gfn_mask=mask.tolist(), gfn_energy=energy.tolist())
         return pairs, index, meta
 
-    def problem_batches(self, problems: list[bw.Problem], trajs: list[list[tuple]],
-                        log_r: list[list[float]]) -> list[Batch]:
+    def problem_batches(self, problems: list, trajs: list[list[tuple]], log_r: list[list[float]],
+                        reward_temp: float) -> list[Batch]:
         """One batch per problem (its candidate rows), all packed to the same widths."""
-        built = [self.problem_rows(p, t, r) for p, t, r in zip(problems, trajs, log_r)]
+        built = [self.problem_rows(p, t, r, reward_temp) for p, t, r in zip(problems, trajs, log_r)]
         toks = [self._tokens(pairs) for pairs, _, _ in built]
         widths = (max(len(x) for pr, _ in toks for x in pr), max(len(x) for _, ac in toks for x in ac))
         out = []
@@ -260,25 +272,28 @@ class ForTrainer:
                 trajs = self.sample(fresh, f.n_samples, self.problems, sch["epsilon"], sch["pf_temp"], f.pf_temp_prob)
             for p in replayed:
                 trajs[p] = [item for _, _, item in self.replay.sample(p, f.n_samples)]
-            lr = {p: [log_reward(self.problems[p], a, f.reward_floor) for a in trajs[p]] for p in pids}
+            lr = dict(zip(pids, self._split(self.log_rewards([(p, a) for p in pids for a in trajs[p]]),
+                                            [len(trajs[p]) for p in pids])))
             n_ls = 0
-            if f.local_search_tries:
-                for p in pids:
-                    best = int(np.argmax(lr[p]))
-                    for acts, r in local_search(trajs[p][best], lambda a, p=p: log_reward(self.problems[p], a, f.reward_floor),
-                                                self._complete(self.problems[p]), f.local_search_tries, self.rng,
-                                                best_log_r=lr[p][best]):
-                        trajs[p].append(tuple(acts))
+            if f.local_search_tries:  # propose for every problem, score in one call, then accept
+                props = {p: local_search_candidates(trajs[p][int(np.argmax(lr[p]))], self._complete(self.problems[p]),
+                                                    f.local_search_tries, self.rng) for p in pids}
+                scores = self._split(self.log_rewards([(p, a) for p in pids for a in props[p]]),
+                                     [len(props[p]) for p in pids])
+                for p, sc in zip(pids, scores):
+                    for acts, r in accept_improving(props[p], sc, max(lr[p])):
+                        trajs[p].append(acts)
                         lr[p].append(r)
                         n_ls += 1
             for p in pids:
                 for acts, r in zip(trajs[p], lr[p]):
                     self.replay.add(p, acts, r, acts)
             batches = self.problem_batches([self.problems[p] for p in pids], [trajs[p] for p in pids],
-                                           [[temper_log_reward(r, sch["reward_temp"]) for r in lr[p]] for p in pids])
+                                           [[temper_log_reward(r, sch["reward_temp"]) for r in lr[p]] for p in pids],
+                                           sch["reward_temp"])
             with t("train"):
                 z = [float(self.log_z[p].detach()) for p in pids] if f.objective == "tb" else None
-                outs = self.actor.gfn_update(batches, f.objective, z)
+                outs = self.actor.gfn_update(batches, f.objective, z, f.subtb_lambda)
             self._update_log_z(pids, outs)
         self.global_step += 1
         row = {"step": self.global_step, "for/loss": sum(o["loss"] for o in outs),
@@ -286,9 +301,19 @@ class ForTrainer:
                "for/replay_size": len(self.replay), "for/local_search_accepted": n_ls,
                "for/replayed_problems": len(replayed), "actor/grad_norm": outs[0]["grad_norm"],
                "for/log_z_mean": float(self.log_z.detach()[pids].mean()), **{f"for/{k}": v for k, v in sch.items()}}
-        row.update(plan_metrics({p: trajs[p][:f.n_samples] for p in fresh}, self.problems, "for"))
+        if f.objective in FLOW_OBJECTIVES:
+            row["for/log_f0_mean"] = float(np.mean([v for o in outs for v in o["log_f0"].values()]))
+        row.update(solution_metrics({p: trajs[p][:f.n_samples] for p in fresh}, self.problems, self.domain, "for"))
         row.update(t.times)
         return row
+
+    @staticmethod
+    def _split(values: list, sizes: list[int]) -> list[list]:
+        out, k = [], 0
+        for n in sizes:
+            out.append(values[k:k + n])
+            k += n
+        return out
 
     def _update_log_z(self, pids: list[int], outs: list[dict]) -> None:
         """tb: an Adam step on log Z from the workers' gradients (summed over ranks). vargrad_tb: log Z
@@ -313,7 +338,12 @@ class ForTrainer:
             return {}
         f = self.cfg.for_
         trajs = self.sample(list(range(len(self.val))), f.val_samples, self.val, 0.0, 1.0, 0.0)
-        return plan_metrics(trajs, self.val, "val")
+        out = solution_metrics(trajs, self.val, self.domain, "val")
+        correct = {p: sorted({a for a in ts if self.domain.correct(self.val[p], a)}) for p, ts in trajs.items()}
+        if self.baseline is None:  # the first validation (step 0: LoRA B = 0, the base model) is the baseline
+            self.baseline = {p: [list(a) for a in c] for p, c in correct.items()}
+        out["val/creativity"] = creativity(correct, self.baseline)
+        return out
 
     # ------------------------------------------------------------------ checkpoints and the run
     def state_dict(self) -> dict:
@@ -322,7 +352,8 @@ class ForTrainer:
         return {"step": self.global_step, "data": self.cursor.state_dict(), "replay": replay_to_json(self.replay),
                 "rng": self.rng.bit_generator.state, "log_z": self.log_z.detach().tolist(),
                 "log_z_adam": {k: (v.tolist() if torch.is_tensor(v) else v) for k, v in st.items()},
-                "seed": self.cfg.trainer.seed}
+                "seed": self.cfg.trainer.seed,
+                "baseline": None if self.baseline is None else {str(p): v for p, v in self.baseline.items()}}
 
     def save(self) -> Path:
         state = self.state_dict()
@@ -344,6 +375,7 @@ class ForTrainer:
             opt = self.logz_opt.state_dict()
             opt["state"] = {0: {k: torch.tensor(v) for k, v in s["log_z_adam"].items()}}
             self.logz_opt.load_state_dict(opt)
+        self.baseline = None if s.get("baseline") is None else {int(p): v for p, v in s["baseline"].items()}
         self.global_step = int(s["step"])
 
     def fit(self) -> dict:
@@ -368,10 +400,19 @@ class ForTrainer:
         self.pool.shutdown()
 
 
-def plan_metrics(trajs: dict[int, list[tuple]], problems: list, prefix: str) -> dict:
-    """accuracy = share of problems with >= 1 correct plan among their samples (check_plan);
-    diversity = mean number of distinct correct plans per solved problem (NaN: none sampled/solved)."""
-    correct = {p: {a for a in ts if bw.check_plan(problems[p], list(a))} for p, ts in trajs.items()}
+def solution_metrics(trajs: dict[int, list[tuple]], problems: list, domain: ForDomain, prefix: str) -> dict:
+    """accuracy = share of problems with >= 1 correct solution among their samples (the domain's
+    verifier); diversity = mean number of distinct correct solutions per solved problem (NaN: none
+    sampled/solved)."""
+    correct = {p: {a for a in ts if domain.correct(problems[p], a)} for p, ts in trajs.items()}
     solved = [len(c) for c in correct.values() if c]
     return {f"{prefix}/accuracy": (len(solved) / len(trajs)) if trajs else float("nan"),
             f"{prefix}/diversity": float(np.mean(solved)) if solved else float("nan")}
+
+
+def creativity(correct: dict[int, list], baseline: dict[int, list]) -> float:
+    """FoR's creativity: the share of distinct correct solutions (over all problems) that the
+    baseline's samples never found; NaN when there is no correct solution."""
+    total = sum(len(c) for c in correct.values())
+    novel = sum(len({tuple(a) for a in c} - {tuple(b) for b in baseline.get(p, [])}) for p, c in correct.items())
+    return novel / total if total else float("nan")

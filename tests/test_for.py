@@ -14,8 +14,8 @@ from algorithms.gflownet import finite_action_logprob, tb_loss, vargrad_tb_loss
 from algorithms.replay import PrioritizedReplay
 from envs import blocksworld as bw
 from orchestrator.config import ConfigError, load_config
-from orchestrator.for_trainer import (Cursor, candidates, log_reward, plan_metrics, replay_from_json,
-                                      replay_to_json, walk)
+from envs.for_domains import BlocksWorldDomain
+from orchestrator.for_trainer import Cursor, creativity, replay_from_json, replay_to_json, solution_metrics
 from tests.test_recipes import assert_all_cpus_released
 from workers.gfn_actor import chosen_log_pf, problem_objective
 
@@ -30,7 +30,9 @@ def test_recipe_loads_and_bad_values_name_the_key():
     assert (REPO / "configs/for_blocksworld.yaml").read_text().splitlines()[0] == \
         "# hyflow train configs/for_blocksworld.yaml"
     with pytest.raises(ConfigError, match=r"for_\.objective"):
-        load_config(RECIPE, ["for_.objective=subtb"])
+        load_config(RECIPE, ["for_.objective=tbx"])
+    with pytest.raises(ConfigError, match=r"for_\.domain"):
+        load_config(RECIPE, ["for_.domain=sudoku"])
     with pytest.raises(ConfigError, match=r"for_\.epsilon: must be \[start, end\]"):
         load_config(RECIPE, ["for_.epsilon=[0.3]"])
     with pytest.raises(ConfigError, match=r"for_\.n_samples: must be >= 1"):
@@ -75,25 +77,31 @@ def test_problem_objectives_match_the_algorithms_library():
     loss_tb, _ = problem_objective("tb", log_pf, log_pb, log_r, mask, z)
     assert loss_tb.item() == pytest.approx(sum((1.5 - x) ** 2 for x in want_phi) / 3, rel=1e-6)
     assert loss_tb.item() == pytest.approx(tb_loss(log_pf, log_pb, log_r, z, mask).item())
-    with pytest.raises(ValueError, match="unknown GFlowNet objective 'db'"):
-        problem_objective("db", log_pf, log_pb, log_r, mask)
+    with pytest.raises(ValueError, match="unknown GFlowNet objective 'xdb'"):
+        problem_objective("xdb", log_pf, log_pb, log_r, mask)
+    with pytest.raises(ValueError, match="objective 'fl_db' needs log_flow"):
+        problem_objective("fl_db", log_pf, log_pb, log_r, mask)
 
 
 # ------------------------------------------------------------------------------ driver helpers
 def test_candidates_rewards_metrics_and_cursor():
+    d = BlocksWorldDomain((3,), (2,))
     p = bw.generate_problems(1, (3,), (2,), seed=3)[0]
     gold = list(p.gold_plan)
-    assert log_reward(p, gold, 0.1) == pytest.approx(math.log(100.0))
-    s1 = walk(p, gold[:1])[-1]
-    assert gold[0] not in candidates(s1, gold[:1]) or bw.allowed_actions(s1) == [gold[0]]
-    assert candidates(p.init, []) == bw.allowed_actions(p.init)
+    assert d.reward(p, d.walk(p, gold)[-1], gold) == 100.0 and d.correct(p, gold)
+    s1 = d.walk(p, gold[:1])[-1]
+    assert gold[0] not in d.candidates(p, s1, gold[:1]) or bw.allowed_actions(s1) == [gold[0]]
+    assert d.candidates(p, p.init, []) == bw.allowed_actions(p.init)
     with pytest.raises(ValueError, match="is not applicable"):
-        walk(p, ["stack the red block on top of the red block"])
+        d.walk(p, ["stack the red block on top of the red block"])
     wrong = tuple(bw.allowed_actions(p.init)[:1])
-    m = plan_metrics({0: [tuple(gold), tuple(gold), wrong]}, [p], "x")
+    m = solution_metrics({0: [tuple(gold), tuple(gold), wrong]}, [p], d, "x")
     assert m == {"x/accuracy": 1.0, "x/diversity": 1.0}
-    m = plan_metrics({0: [wrong], 1: [tuple(gold)]}, [p, p], "x")
+    m = solution_metrics({0: [wrong], 1: [tuple(gold)]}, [p, p], d, "x")
     assert m["x/accuracy"] == 0.5
+    # creativity: 3 distinct correct solutions, one of them found by the baseline -> 2/3
+    assert creativity({0: [("a",), ("b",)], 1: [("c",)]}, {0: [["a"]], 1: []}) == pytest.approx(2 / 3)
+    assert math.isnan(creativity({0: []}, {0: [["a"]]}))
     c = Cursor(5, 2, seed=1)
     seen = c.next() + c.next()
     assert len(set(seen)) == 4 and c.epoch == 0
@@ -187,8 +195,9 @@ def test_one_for_iteration_on_ray_and_checkpoint_restore(ray_cluster, tiny_model
         for k in range(2):  # add random-walk trajectories (2 steps each)
             for _ in range(2):
                 trajs[k].append(tuple(tr._complete(p[k])((), rng)))
-        lr = [[log_reward(p[k], a, 0.1) for a in trajs[k]] for k in range(2)]
-        batches = tr.problem_batches(p, trajs, lr)
+        lr = [tr.log_rewards([(k, a) for a in trajs[k]]) for k in range(2)]
+        assert lr[0][0] == pytest.approx(math.log(100.0))  # the gold plan
+        batches = tr.problem_batches(p, trajs, lr, 1.0)
         assert batches[0]["input_ids"].shape[1] == batches[1]["input_ids"].shape[1]
         z = [0.5, -1.0]
         want_loss, want_grad = _expected(tr, batches, "tb", z)

@@ -22,13 +22,21 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from algorithms.gflownet import finite_action_logprob, tb_loss, vargrad_tb_loss
+import os
+from contextlib import contextmanager
+
+from safetensors.torch import load_file, save_file
+
+from algorithms.gflownet import (db_loss, finite_action_logprob, fl_db_loss, fl_subtb_loss, subtb_loss, tb_loss,
+                                 vargrad_tb_loss)
 from orchestrator.batch import Batch
 from orchestrator.worker_group import Dispatch, register
 from workers.actor import ActorWorker
 from workers.backends.base import length_order
 
-OBJECTIVES = ("vargrad_tb", "tb")
+OBJECTIVES = ("vargrad_tb", "tb", "db", "subtb", "fl_db", "fl_subtb")
+FLOW_OBJECTIVES = ("db", "subtb", "fl_db", "fl_subtb")  # need F̃(s): the flow head
+FLOW_HEAD_FILE = "flow_head.safetensors"
 
 
 def chosen_log_pf(seq_logprobs: torch.Tensor, flat: torch.Tensor, slot: torch.Tensor, chosen: torch.Tensor,
@@ -59,10 +67,25 @@ def chosen_log_pf(seq_logprobs: torch.Tensor, flat: torch.Tensor, slot: torch.Te
     return torch.where(m, lp, torch.zeros_like(lp)).reshape(n_traj, T)
 
 
+def chosen_log_flows(row_flows: torch.Tensor, flat: torch.Tensor, chosen: torch.Tensor, n_traj: int,
+                     T: int) -> torch.Tensor:
+    """log F̃ [n_traj, T+1] of the states s_0..s_{T-1} from the rows of their chosen actions (each
+    row's prompt is its state; differentiable in row_flows [rows]); s_T and padding get 0 (the
+    terminal boundary log F̃(x) = 0 of every complete trajectory)."""
+    ch = chosen != 0
+    flat = flat.long()[ch]
+    state = (flat // T) * (T + 1) + flat % T
+    out = torch.zeros(n_traj * (T + 1), dtype=row_flows.dtype, device=row_flows.device)
+    return out.index_put((state,), row_flows[ch]).reshape(n_traj, T + 1)
+
+
 def problem_objective(objective: str, log_pf: torch.Tensor, log_pb: torch.Tensor, log_r: torch.Tensor,
-                      mask: torch.Tensor, log_z: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                      mask: torch.Tensor, log_z: torch.Tensor | None = None, log_flow: torch.Tensor | None = None,
+                      energies: torch.Tensor | None = None, lam: float = 0.9) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss = mean over the problem's trajectories, Φ = log R + Σ log P_B − Σ log P_F [n] detached).
-    vargrad_tb: the group mean of Φ plays log Z; tb: log_z is the problem's learned scalar."""
+    vargrad_tb: the group mean of Φ plays log Z; tb: log_z is the problem's learned scalar; db /
+    subtb: log_flow [n, T+1] = log F(s) (log F(s_0) plays log Z; log R at the terminal);
+    fl_db / fl_subtb: log_flow = log F̃(s) and energies [n, T+1] = E(s_t), the last real one −log R."""
     phi = (log_r + (log_pb * mask).sum(-1) - (log_pf * mask).sum(-1)).detach()
     if objective == "vargrad_tb":
         return vargrad_tb_loss(log_pf, log_pb, log_r, mask, [0] * log_pf.shape[0]), phi
@@ -70,26 +93,92 @@ def problem_objective(objective: str, log_pf: torch.Tensor, log_pb: torch.Tensor
         if log_z is None:
             raise ValueError("objective 'tb' needs log_z")
         return tb_loss(log_pf, log_pb, log_r, log_z, mask), phi
+    if objective in FLOW_OBJECTIVES and log_flow is None:
+        raise ValueError(f"objective {objective!r} needs log_flow (actor flow_head)")
+    if objective == "db":
+        return db_loss(log_pf, log_pb, log_flow, log_r, mask), phi
+    if objective == "subtb":
+        return subtb_loss(log_pf, log_pb, log_flow, mask, lam, log_r=log_r), phi
+    if objective in ("fl_db", "fl_subtb"):
+        if energies is None:
+            raise ValueError(f"objective {objective!r} needs the state energies (gfn_energy)")
+        if objective == "fl_db":
+            return fl_db_loss(log_pf, log_pb, log_flow, energies, mask), phi
+        return fl_subtb_loss(log_pf, log_pb, log_flow, energies, mask, lam=lam), phi
     raise ValueError(f"unknown GFlowNet objective {objective!r}; choose one of {list(OBJECTIVES)}")
 
 
 class GFlowNetActorWorker(ActorWorker):
-    """ActorWorker + `gfn_update` (a GFlowNet step) + `param_checksums` (what changed)."""
+    """ActorWorker + `gfn_update` (a GFlowNet step), `base_logprobs` (LoRA off) and
+    `param_checksums` (what changed). With actor_cfg["flow_head"], a scalar head log F̃(s) =
+    w·h(s) + b reads the final hidden state h(s) at the last prompt token of each state (zero-
+    initialised, replicated on every rank, its own Adam at actor_cfg["flow_lr"]; saved beside the
+    backend checkpoint). Its loss gradient also flows into the LLM (LoRA) through h(s)."""
 
     @register(dispatch=Dispatch.ONE_TO_ALL)
-    def gfn_update(self, problems: list[Batch], objective: str, log_z: list[float] | None = None) -> dict:
+    def setup(self) -> dict:
+        info = super().setup()
+        self.flow_head, self._flow_pos, self._captured = None, None, []
+        if self.cfg.get("flow_head"):
+            model = self.backend.model
+            decoder = model.get_decoder()
+            hidden = int(model.config.hidden_size)
+            self.flow_head = torch.nn.Linear(hidden, 1, dtype=torch.float32)
+            torch.nn.init.zeros_(self.flow_head.weight)
+            torch.nn.init.zeros_(self.flow_head.bias)
+            self.flow_opt = torch.optim.Adam(self.flow_head.parameters(), lr=float(self.cfg.get("flow_lr", 1e-3)))
+            decoder.norm.register_forward_hook(self._capture)
+        return info
+
+    def _capture(self, module, inputs, output) -> None:
+        if self._flow_pos is not None:  # only while gfn_update asks
+            self._captured.append(output)
+
+    @contextmanager
+    def _flows_on(self, on: bool):
+        self._flow_pos, self._captured = (0 if on else None), []
+        try:
+            yield self._captured
+        finally:
+            self._flow_pos, self._captured = None, []
+
+    def _state_flows(self, hidden: torch.Tensor, micro: Batch) -> torch.Tensor:
+        """log F̃ [b] of each row's state from the final hidden states [b, L', H] of its forward:
+        the last prompt token sits R_used + 1 from the end (the backend drops all-padding columns
+        at both ends, see fsdp_model.drop_padding_columns)."""
+        R = micro["responses"].shape[1]
+        used = micro["attention_mask"][:, -R:].bool().any(0)
+        r_used = int(used.nonzero().max()) + 1 if used.any() else 1
+        return self.flow_head(hidden[:, -(r_used + 1)].float()).squeeze(-1)
+
+    @register(dispatch=Dispatch.DP_SPLIT)
+    def base_logprobs(self, batch: Batch) -> Batch:
+        """Log-probs of the response tokens under the base model (LoRA adapters off): FoR's
+        likelihood reward. Needs a LoRA actor (without one the base model is gone)."""
+        if not int(self.cfg.get("lora_rank", 0)):
+            raise ValueError("base_logprobs needs a LoRA actor (actor.lora_rank > 0): the base model is the "
+                             "LLM with its adapters disabled")
+        with adapters_disabled(self.backend.model):
+            logprobs, _ = self.backend.forward_logprobs(batch, self.cfg["micro_batch_size"])
+        return Batch({"logprobs": logprobs})
+
+    @register(dispatch=Dispatch.ONE_TO_ALL)
+    def gfn_update(self, problems: list[Batch], objective: str, log_z: list[float] | None = None,
+                   lam: float = 0.9) -> dict:
         """One optimizer step on the GFlowNet objective over all `problems` (problem batches of equal
         widths; every rank gets the list and takes problems rank, rank+W, ...). log_z[i]: problem
-        i's log Z (objective tb). Returns this rank's contributions: `loss` (they sum over ranks to
-        the global mean loss), `log_z_grad` {i: dL/dlogZ_i} and `phi_mean` {i: mean Φ} of its
-        problems, and the backend's global `grad_norm` / `step_skipped`.
+        i's log Z (objective tb). Flow objectives (db, subtb, fl_db, fl_subtb) need the flow head
+        and, for fl_*, meta gfn_energy [n][T+1]. Returns this rank's contributions: `loss` (they sum
+        over ranks to the global mean loss), `log_z_grad` {i: dL/dlogZ_i}, `phi_mean` {i: mean Φ}
+        and `log_f0` {i: mean log F̃(s_0)} of its problems, and the global `grad_norm` / `step_skipped`.
 
         Two passes, so that memory is bounded by actor.micro_batch_size rows whatever the number
-        of candidates: (1) every row's sequence log-prob without grad -> the exact objective and
-        its gradient g_row = dL/d(seq log-prob of the row), through the candidate softmaxes;
-        (2) train_step over row micro-batches on the surrogate Σ_rows g_row · seq_row, whose
-        parameter gradient equals dL/dθ (chain rule; the weights are the same in both passes,
-        which needs a dropout-free forward: the FoR trainer requires actor.lora_dropout = 0).
+        of candidates: (1) every row's sequence log-prob (and flow) without grad -> the exact
+        objective and its gradients g_row = dL/d(seq log-prob of the row), f_row = dL/d(log F̃ of
+        the row's state), through the candidate softmaxes; (2) train_step over row micro-batches on
+        the surrogate Σ_rows g_row · seq_row + f_row · flow_row, whose parameter gradient equals
+        dL/dθ (chain rule; the weights are the same in both passes, which needs a dropout-free
+        forward: the FoR trainer requires actor.lora_dropout = 0).
         """
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown GFlowNet objective {objective!r}; choose one of {list(OBJECTIVES)}")
@@ -97,23 +186,40 @@ class GFlowNetActorWorker(ActorWorker):
             raise ValueError("gfn_update needs at least one problem batch")
         if objective == "tb" and (log_z is None or len(log_z) != len(problems)):
             raise ValueError(f"objective 'tb' needs one log_z per problem ({len(problems)}), got {log_z!r}")
+        flows = objective in FLOW_OBJECTIVES
+        if flows and self.flow_head is None:
+            raise ValueError(f"objective {objective!r} needs the flow head: build the actor with flow_head=True")
         world, rank, mbs = self.world_size, self.rank, int(self.cfg["micro_batch_size"])
         total_traj = sum(int(p.meta["gfn_n_traj"]) for p in problems)
         mine = list(range(rank, len(problems), world))
         sizes = [len(problems[i]) for i in mine]
         rows = Batch.concat([_layout_only(problems[i]) for i in mine]) if mine else None
         # Equal row counts on every rank (the backend's collectives need equal micro-batch counts):
-        # pad with copies of a row whose surrogate coefficient is 0.
+        # pad with copies of a row whose surrogate coefficients are 0.
         n_max = int(_all_reduce_max(len(rows) if rows is not None else 0))
         filler = _layout_only(problems[mine[0] if mine else 0]).select([0])
         n_real = len(rows) if rows is not None else 0
         rows = Batch.concat(([rows] if rows is not None else []) + [filler] * (n_max - n_real))
 
-        # Pass 1: the objective and its gradient w.r.t. each row's sequence log-prob.
-        lp, _ = self.backend.forward_logprobs(rows, mbs)
-        seq_all = (lp * rows["response_mask"].to(lp.dtype)).sum(-1).double()
+        # Pass 1: the objective and its gradient w.r.t. each row's sequence log-prob (and flow).
+        # Rows go in length order, which the backend keeps (stable sort), so the captured
+        # hidden states line up with them (checked).
+        order = length_order(rows)
+        chunks = rows.select(order).chunks_of(mbs)
+        with self._flows_on(flows) as captured:
+            lp, _ = self.backend.forward_logprobs(rows.select(order), mbs)
+            row_flow = torch.zeros(len(rows), dtype=torch.float64)
+            if flows:
+                if len(captured) != len(chunks) or any(h.shape[0] != len(c) for h, c in zip(captured, chunks)):
+                    raise RuntimeError(f"flow head: captured {[h.shape[0] for h in captured]} rows, the micro-batches "
+                                       f"hold {[len(c) for c in chunks]}")
+                with torch.no_grad():
+                    row_flow[order] = torch.cat([self._state_flows(h, c) for h, c in zip(captured, chunks)]).double().cpu()
+        seq_all = torch.zeros(len(rows), dtype=torch.float64)
+        seq_all[order] = (lp * rows.select(order)["response_mask"].to(lp.dtype)).sum(-1).double()
         coef = torch.zeros(len(rows), dtype=torch.float64)
-        out = {"loss": 0.0, "log_z_grad": {}, "phi_mean": {}}
+        fcoef = torch.zeros(len(rows), dtype=torch.float64)
+        out = {"loss": 0.0, "log_z_grad": {}, "phi_mean": {}, "log_f0": {}}
         start = 0
         for i, size in zip(mine, sizes):
             mb, m = problems[i], problems[i].meta
@@ -122,39 +228,114 @@ class GFlowNetActorWorker(ActorWorker):
             mask = torch.tensor(m["gfn_mask"], dtype=torch.float64)
             log_pf = chosen_log_pf(seq, mb["gfn_flat"], mb["gfn_slot"], mb["gfn_chosen"], n, T, mask)
             z = torch.tensor(float(log_z[i]), dtype=torch.float64, requires_grad=True) if objective == "tb" else None
+            fl, log_flow, energies = None, None, None
+            if flows:
+                fl = row_flow[start:start + size].clone().requires_grad_(True)
+                log_flow = chosen_log_flows(fl, mb["gfn_flat"], mb["gfn_chosen"], n, T)
+                if objective.startswith("fl_"):
+                    energies = torch.tensor(m["gfn_energy"], dtype=torch.float64)
+                out["log_f0"][i] = float(log_flow[:, 0].detach().mean())
             loss, phi = problem_objective(objective, log_pf, torch.tensor(m["gfn_log_pb"], dtype=torch.float64),
-                                          torch.tensor(m["gfn_log_r"], dtype=torch.float64), mask, z)
+                                          torch.tensor(m["gfn_log_r"], dtype=torch.float64), mask, z,
+                                          log_flow, energies, lam)
             share = n / total_traj  # this problem's part of the mean over all trajectories
             (loss * share).backward()
             coef[start:start + size] = seq.grad
-            out["loss"] += float(loss) * share
+            if fl is not None and fl.grad is not None:
+                fcoef[start:start + size] = fl.grad
+            out["loss"] += float(loss.detach()) * share
             out["phi_mean"][i] = float(phi.mean())
             if z is not None:
                 out["log_z_grad"][i] = float(z.grad)
             start += size
         rows["gfn_coef"] = coef.float()
+        rows["gfn_fcoef"] = fcoef.float()
 
         # Pass 2: gradients of the surrogate, accumulated over row micro-batches. FSDP averages
-        # gradients over ranks, so each rank's part is scaled by W.
+        # gradients over ranks, so each rank's part is scaled by W (the head's own gradient is
+        # averaged over ranks below, the same way).
         def loss_fn(micro: Batch, logprobs: torch.Tensor, entropy: torch.Tensor):
             seq_mb = (logprobs * micro["response_mask"].to(logprobs.dtype)).sum(-1)
-            return (micro["gfn_coef"].to(seq_mb.dtype) * seq_mb).sum() * world, {}
+            loss = (micro["gfn_coef"].to(seq_mb.dtype) * seq_mb).sum()
+            if flows:
+                loss = loss + (micro["gfn_fcoef"].to(seq_mb.dtype) * self._state_flows(captured.pop(), micro)).sum()
+            return loss * world, {}
 
-        stats = self.backend.train_step(rows.select(length_order(rows)).chunks_of(mbs), loss_fn)
+        with self._flows_on(flows) as captured:
+            stats = self.backend.train_step(rows.select(order).chunks_of(mbs), loss_fn)
+        if flows:
+            self._flow_head_step(world)
         out.update(grad_norm=stats["grad_norm"], step_skipped=stats["step_skipped"])
         return out
 
+    def _flow_head_step(self, world: int) -> None:
+        """The head's gradient, averaged over ranks like FSDP's, then its Adam step."""
+        for p in self.flow_head.parameters():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            if dist.is_initialized() and world > 1:
+                dist.all_reduce(p.grad)
+            p.grad /= world
+        self.flow_opt.step()
+        self.flow_opt.zero_grad(set_to_none=True)
+
+    @register(dispatch=Dispatch.ONE_TO_ALL)
+    def save(self, path: str, with_optimizer: bool = True) -> None:
+        super().save(path, with_optimizer)
+        if self.flow_head is not None and self.rank == 0:
+            state = {f"head.{k}": v.detach().clone() for k, v in self.flow_head.state_dict().items()}
+            if with_optimizer:
+                for k, v in self.flow_opt.state_dict()["state"].get(0, {}).items():
+                    state[f"adam.weight.{k}"] = torch.as_tensor(v).clone()
+                for k, v in self.flow_opt.state_dict()["state"].get(1, {}).items():
+                    state[f"adam.bias.{k}"] = torch.as_tensor(v).clone()
+            save_file(state, os.path.join(path, FLOW_HEAD_FILE))
+
+    @register(dispatch=Dispatch.ONE_TO_ALL)
+    def load(self, path: str, with_optimizer: bool = True) -> None:
+        super().load(path, with_optimizer)
+        if self.flow_head is None:
+            return
+        file = os.path.join(path, FLOW_HEAD_FILE)
+        if not os.path.exists(file):
+            raise FileNotFoundError(f"{file}: the checkpoint has no flow head (was it saved with objective "
+                                    f"{'/'.join(FLOW_OBJECTIVES)}?)")
+        state = load_file(file)
+        self.flow_head.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})
+        if with_optimizer and any(k.startswith("adam.") for k in state):
+            opt = self.flow_opt.state_dict()
+            opt["state"] = {i: {k.split(".")[-1]: v for k, v in state.items() if k.startswith(f"adam.{name}.")}
+                            for i, name in enumerate(("weight", "bias"))}
+            self.flow_opt.load_state_dict(opt)
+
     @register(dispatch=Dispatch.ONE_TO_ALL)
     def param_checksums(self) -> dict[str, tuple[float, float]]:
-        """name -> (sum, sum of squares) of this rank's local shard of each parameter (float64):
-        compare two calls to see which parameters an update changed."""
+        """name -> (sum, sum of squares) of this rank's local shard of each parameter (float64),
+        the flow head's as flow_head.*: compare two calls to see which parameters an update changed."""
+        named = list(self.backend.model.named_parameters())
+        if self.flow_head is not None:
+            named += [(f"flow_head.{k}", v) for k, v in self.flow_head.named_parameters()]
         out = {}
-        for name, p in self.backend.model.named_parameters():
+        for name, p in named:
             t = p.to_local() if hasattr(p, "to_local") else p
             t = t.detach().double()
             out[name] = (float(t.sum()), float((t * t).sum()))
         return out
 
+
+@contextmanager
+def adapters_disabled(model: torch.nn.Module):
+    """Run `model` with every peft LoRA layer off (the base model), then switch them back on."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    for m in layers:
+        m.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.enable_adapters(True)
 
 
 def _layout_only(batch: Batch) -> Batch:

@@ -1,0 +1,284 @@
+"""Flow-of-Reasoning domains: a reasoning task as a GFlowNet state graph with finite action sets.
+
+The FoR trainer (orchestrator/for_trainer.py) never branches on the task; it talks to a `ForDomain`:
+
+    train, val = domain.problems(n_train, n_val, seed)     # once, at start; disjoint
+    s = domain.init(p); taken = []
+    while not domain.done(p, s, len(taken)):
+        A = domain.candidates(p, s, taken)                  # non-empty; the policy picks one text
+        s = domain.apply(p, s, a); taken.append(a)          # ValueError: a is not applicable in s
+    R = domain.reward(p, s, taken)                          # terminal reward >= 0 (FoR's r1)
+    E = domain.energy(p, s, taken)                          # partial energy of any state (FL-GFN)
+    domain.correct(p, taken)                                # the task's public verifier
+
+`prompt(p, taken)` is the text of a state; an action's text follows it (plus "\\n"), and log P_F(a|s)
+= a softmax over A(s) of the LM's sequence log-probs (FoR). `tree` domains (the prompt holds the
+whole history) have log P_B = 0; DAG domains give |Pa(s)| through `num_parents`.
+`ll_bonus` is FoR's augmented reward from the base model's log-likelihood of each chosen step.
+Every method is deterministic and pure; none raises on a well-formed trajectory.
+"""
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from fractions import Fraction
+from typing import Any, Sequence
+
+from envs import blocksworld as bw
+from envs import game24 as g24
+from envs import prontoqa as pq
+
+
+class ForDomain(ABC):
+    name: str
+    tree: bool = True
+
+    @abstractmethod
+    def problems(self, n_train: int, n_val: int, seed: int) -> tuple[list, list]: ...
+
+    @abstractmethod
+    def init(self, problem) -> Any: ...
+
+    @abstractmethod
+    def candidates(self, problem, state, taken: Sequence[str]) -> list[str]: ...
+
+    @abstractmethod
+    def apply(self, problem, state, action: str) -> Any: ...
+
+    @abstractmethod
+    def done(self, problem, state, n_actions: int) -> bool: ...
+
+    @abstractmethod
+    def prompt(self, problem, taken: Sequence[str]) -> str: ...
+
+    @abstractmethod
+    def reward(self, problem, state, taken: Sequence[str]) -> float: ...
+
+    @abstractmethod
+    def energy(self, problem, state, taken: Sequence[str]) -> float: ...
+
+    @abstractmethod
+    def correct(self, problem, taken: Sequence[str]) -> bool: ...
+
+    def num_parents(self, problem, state) -> int:
+        return 1
+
+    def ll_bonus(self, step_lls: Sequence[float], step_tokens: Sequence[int]) -> float:
+        """FoR's likelihood term from the base model's log-likelihood of each chosen step
+        (sequence log-prob ll_t over step_tokens[t] tokens); 0 for domains without one."""
+        return 0.0
+
+    def walk(self, problem, taken: Sequence[str]) -> list:
+        """States s_0 … s_n along `taken`; ValueError on an inapplicable action."""
+        states = [self.init(problem)]
+        for a in taken:
+            states.append(self.apply(problem, states[-1], a))
+        return states
+
+
+# ----------------------------------------------------------------------------- BlocksWorld
+class BlocksWorldDomain(ForDomain):
+    """PlanBench BlocksWorld (FoR §4): a DAG over block configurations (|Pa(s)| from the STRIPS
+    model); A(s) = applicable actions not yet taken; stop at the goal or after optimal + slack
+    actions; R = 100 at the goal else 10 · goal fraction; ll bonus Σ_t −1/ll_t (FoR's λ = 1.5)."""
+    name, tree = "blocksworld", False
+
+    def __init__(self, n_blocks: Sequence[int] = (3, 4, 5), plan_lengths: Sequence[int] = (2,), slack: int = 0):
+        self.n_blocks, self.plan_lengths, self.slack = list(n_blocks), list(plan_lengths), slack
+
+    def problems(self, n_train, n_val, seed):
+        probs = bw.generate_problems(n_train + n_val, self.n_blocks, self.plan_lengths, seed=seed)
+        return probs[:n_train], probs[n_train:]
+
+    def init(self, problem):
+        return problem.init
+
+    def candidates(self, problem, state, taken):
+        allowed = bw.allowed_actions(state)
+        return [a for a in allowed if a not in taken] or allowed
+
+    def apply(self, problem, state, action):
+        act = bw.parse_action(action)
+        nxt = bw.apply(state, act) if act is not None else None
+        if nxt is None:
+            raise ValueError(f"blocksworld: action {action!r} is not applicable")
+        return nxt
+
+    def done(self, problem, state, n_actions):
+        return n_actions >= problem.optimal_length + self.slack or bw.is_goal(problem, state)
+
+    def prompt(self, problem, taken):
+        return bw.to_text(problem) + "".join(a + "\n" for a in taken)
+
+    def reward(self, problem, state, taken):
+        return bw.for_reward(problem, state)
+
+    def energy(self, problem, state, taken):
+        return bw.partial_energy(problem, state)
+
+    def correct(self, problem, taken):
+        return bw.check_plan(problem, list(taken))
+
+    def num_parents(self, problem, state):
+        return bw.num_parents(state)
+
+    def ll_bonus(self, step_lls, step_tokens):
+        return float(sum(-1.0 / min(ll, -1e-6) for ll in step_lls))
+
+
+# ----------------------------------------------------------------------------- Game24
+GAME24_INSTRUCTION = ("Use numbers and basic arithmetic operations (+ - * /) to obtain 24. Each step, "
+                      "choose two of the remaining numbers to obtain a new number.\n")
+
+
+class Game24Domain(ForDomain):
+    """Game of 24 (FoR §4): three steps "a op b = c (left: ...)" on the remaining multiset; the
+    prompt holds the steps so far (a tree: log P_B = 0). A(s) = every distinct step with a
+    non-negative result (+, *, larger − smaller, a/b, b/a). R = 100 when 24 is left, else 0.001;
+    energy −log(0.001 + 1[the rest can still make 24]); ll bonus = exp(mean token ll)^(1/0.7)."""
+    name = "game24"
+
+    def __init__(self, source: str = "tot"):
+        if source not in ("tot", "generated"):
+            raise ValueError(f"for_.game24_source must be 'tot' or 'generated', got {source!r}")
+        self.source = source
+
+    def problems(self, n_train, n_val, seed):
+        if self.source == "generated":
+            probs = g24.generate_puzzles(n_train + n_val, seed=seed)
+            return probs[:n_train], probs[n_train:]
+        train, val = g24.load_puzzles("train"), g24.load_puzzles("val")
+        if n_train > len(train) or n_val > len(val):
+            raise ValueError(f"game24: asked {n_train} train / {n_val} val puzzles, the ToT splits hold "
+                             f"{len(train)} / {len(val)}")
+        return train[:n_train], val[:n_val]  # ranked by human solve time: the easiest first
+
+    def init(self, problem):
+        return tuple(Fraction(x) for x in problem.numbers)
+
+    def candidates(self, problem, state, taken):
+        out, seen = [], set()
+        for i in range(len(state)):
+            for j in range(i + 1, len(state)):
+                rest = state[:i] + state[i + 1:j] + state[j + 1:]
+                for op, v, swapped in g24._combine(state[i], state[j]):
+                    if v < 0:
+                        continue
+                    a, b = (state[j], state[i]) if swapped else (state[i], state[j])
+                    text = g24.format_step(a, op, b, tuple(sorted(rest + (v,))))
+                    if text not in seen:
+                        seen.add(text)
+                        out.append(text)
+        return out
+
+    def apply(self, problem, state, action):
+        nxt = g24.check_step(state, action)
+        if nxt is None:
+            raise ValueError(f"game24: {action!r} is not a valid step from {[g24.format_number(x) for x in state]}")
+        return nxt
+
+    def done(self, problem, state, n_actions):
+        return len(state) <= 1
+
+    def prompt(self, problem, taken):
+        return GAME24_INSTRUCTION + f"Input: {problem.text}\nSteps:\n" + "".join(a + "\n" for a in taken)
+
+    def reward(self, problem, state, taken):
+        return g24.for_reward(state)
+
+    def energy(self, problem, state, taken):
+        return g24.partial_energy(state)
+
+    def correct(self, problem, taken):
+        return g24.check_steps(problem.numbers, list(taken))
+
+    def ll_bonus(self, step_lls, step_tokens):
+        n = sum(step_tokens)
+        return math.exp(sum(step_lls) / n) ** (1 / 0.7) if n else 0.0
+
+
+# ----------------------------------------------------------------------------- PrOntoQA
+class ProntoQADomain(ForDomain):
+    """PrOntoQA-style deduction (FoR §4): the state is the current claim (FoR's prompt shows the
+    facts, the query and the claim); A(s) = the context's rules not yet used. The symbolic world
+    model (prontoqa.next_claim) gives the next claim; an inapplicable rule ends the trajectory, as
+    does a claim about a property or hops + slack steps. Reward (FoR's rule reward, sum mode):
+    λ·(ε + 20·k), k = valid derivations while every earlier step was valid, a final property
+    derivation counting only when it is the query's property (either polarity)."""
+    name = "prontoqa"
+
+    def __init__(self, hops: Sequence[int] = (3,), slack: int = 1):
+        self.hops, self.slack = list(hops), slack
+
+    def problems(self, n_train, n_val, seed):
+        probs = pq.generate_examples(n_train + n_val, self.hops, seed=seed)
+        return probs[:n_train], probs[n_train:]
+
+    def init(self, problem):
+        return (problem.proof[0], True, 0)  # (claim, every step valid so far, valid derivations)
+
+    def _rules(self, problem) -> list[str]:
+        return [s for s in problem.facts if isinstance(pq._parse(problem, s), pq.Rule)]
+
+    def candidates(self, problem, state, taken):
+        rules = self._rules(problem)
+        return [r for r in rules if r not in taken] or rules
+
+    def apply(self, problem, state, action):
+        if action not in problem.facts:
+            raise ValueError(f"prontoqa: {action!r} is not a sentence of the context")
+        claim, ok, k = state
+        nxt = pq.next_claim(problem, claim, action) if ok else None
+        if nxt is None:
+            return (claim, False, k)
+        is_property = pq._parse(problem, nxt).obj in problem.properties
+        counts = not is_property or self._concludes(problem, nxt)
+        return (nxt, True, k + int(counts))
+
+    def _concludes(self, problem, claim: str) -> bool:
+        q, c = pq._parse(problem, problem.query.split(":", 1)[1]), pq._parse(problem, claim)
+        return isinstance(c, pq.Fact) and c.entity == q.entity and c.obj == q.obj
+
+    def done(self, problem, state, n_actions):
+        claim, ok, _ = state
+        return (not ok or n_actions >= problem.hops + self.slack
+                or pq._parse(problem, claim).obj in problem.properties)
+
+    def prompt(self, problem, taken):
+        return pq.to_prompt(problem, self.walk(problem, taken)[-1][0]) + " "
+
+    def reward(self, problem, state, taken):
+        return pq.LAMBDA * (pq.EPS + pq.STEP_REWARD * state[2])
+
+    def energy(self, problem, state, taken):
+        return -math.log(self.reward(problem, state, taken))
+
+    def proof_text(self, problem, taken: Sequence[str]) -> str:
+        """The proof the trajectory stands for: the entity fact, each (rule, derived claim) while
+        valid, and the label its last claim gives ("True" when it is the query, else "False")."""
+        lines, claim = [problem.proof[0]], problem.proof[0]
+        for a in taken:
+            nxt = pq.next_claim(problem, claim, a)
+            if nxt is None:
+                break
+            lines += [a, nxt]
+            claim = nxt
+        q = problem.query.split(":", 1)[1].strip()
+        return "\n".join(lines + ["True" if pq._parse(problem, claim) == pq._parse(problem, q) else "False"])
+
+    def correct(self, problem, taken):
+        return pq.check_proof(problem, self.proof_text(problem, taken))
+
+
+DOMAINS = {"blocksworld": BlocksWorldDomain, "game24": Game24Domain, "prontoqa": ProntoQADomain}
+
+
+def make_domain(for_cfg) -> ForDomain:
+    """The domain named by for_.domain, built from its keys of the for_ config section."""
+    if for_cfg.domain == "blocksworld":
+        return BlocksWorldDomain(for_cfg.n_blocks, for_cfg.plan_lengths, for_cfg.slack)
+    if for_cfg.domain == "game24":
+        return Game24Domain(for_cfg.game24_source)
+    if for_cfg.domain == "prontoqa":
+        return ProntoQADomain(for_cfg.hops, for_cfg.slack)
+    raise ValueError(f"for_.domain must be one of {sorted(DOMAINS)}, got {for_cfg.domain!r}")
