@@ -87,8 +87,17 @@ class BlocksWorldDomain(ForDomain):
         self.n_blocks, self.plan_lengths, self.slack = list(n_blocks), list(plan_lengths), slack
 
     def problems(self, n_train, n_val, seed):
-        probs = bw.generate_problems(n_train + n_val, self.n_blocks, self.plan_lengths, seed=seed)
-        return probs[:n_train], probs[n_train:]
+        """Distinct problems (the generator draws independently, so it can repeat one): draw
+        more until n_train + n_val distinct ones, kept in draw order."""
+        need, k = n_train + n_val, n_train + n_val
+        while True:
+            probs = list(dict.fromkeys(bw.generate_problems(k, self.n_blocks, self.plan_lengths, seed=seed)))
+            if len(probs) >= need:
+                return probs[:n_train], probs[n_train:need]
+            if k >= 64 * max(need, 1):
+                raise ValueError(f"blocksworld: only {len(probs)} distinct problems with n_blocks={self.n_blocks}, "
+                                 f"plan_lengths={self.plan_lengths}; asked for {need}")
+            k *= 2
 
     def init(self, problem):
         return problem.init
@@ -202,9 +211,10 @@ class ProntoQADomain(ForDomain):
     """PrOntoQA-style deduction (FoR §4): the state is the current claim (FoR's prompt shows the
     facts, the query and the claim); A(s) = the context's rules not yet used. The symbolic world
     model (prontoqa.next_claim) gives the next claim; an inapplicable rule ends the trajectory, as
-    does a claim about a property or hops + slack steps. Reward (FoR's rule reward, sum mode):
-    λ·(ε + 20·k), k = valid derivations while every earlier step was valid, a final property
-    derivation counting only when it is the query's property (either polarity)."""
+    does a claim about a property or hops + slack steps. Reward: FoR's rule reward (sum mode)
+    λ·(ε + 20·k), k = valid derivations while every earlier step was valid, plus 20·hops when the
+    last claim decides the query (its property, either polarity). Without that term a chain that
+    walks past the query's concept and ends on another property scores as much as the proof."""
     name = "prontoqa"
 
     def __init__(self, hops: Sequence[int] = (3,), slack: int = 1):
@@ -231,9 +241,7 @@ class ProntoQADomain(ForDomain):
         nxt = pq.next_claim(problem, claim, action) if ok else None
         if nxt is None:
             return (claim, False, k)
-        is_property = pq._parse(problem, nxt).obj in problem.properties
-        counts = not is_property or self._concludes(problem, nxt)
-        return (nxt, True, k + int(counts))
+        return (nxt, True, k + 1)
 
     def _concludes(self, problem, claim: str) -> bool:
         q, c = pq._parse(problem, problem.query.split(":", 1)[1]), pq._parse(problem, claim)
@@ -248,9 +256,12 @@ class ProntoQADomain(ForDomain):
         return pq.to_prompt(problem, self.walk(problem, taken)[-1][0]) + " "
 
     def reward(self, problem, state, taken):
-        return pq.LAMBDA * (pq.EPS + pq.STEP_REWARD * state[2])
+        bonus = problem.hops if self._concludes(problem, state[0]) else 0
+        return pq.LAMBDA * (pq.EPS + pq.STEP_REWARD * (state[2] + bonus))
 
     def energy(self, problem, state, taken):
+        """−log of the reward so far: partial credit for each valid derivation (the bonus only
+        ever lands on a terminal state: deciding the query ends the trajectory)."""
         return -math.log(self.reward(problem, state, taken))
 
     def proof_text(self, problem, taken: Sequence[str]) -> str:

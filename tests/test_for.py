@@ -248,3 +248,153 @@ def test_one_for_iteration_on_ray_and_checkpoint_restore(ray_cluster, tiny_model
     finally:
         tr2.shutdown()
     assert_all_cpus_released(ray_cluster)
+
+
+def _reference_fl_db(model_dir, cfg, batches):
+    """Single process, direct backprop: FL-DB with a zero flow head on the final hidden state of
+    each state's last prompt token. Returns (loss, LoRA grad norm, head grad norm)."""
+    from workers.backends.fsdp_model import load_hf_model, response_logprobs
+    from workers.backends.lora import LoraSpec, inject_lora
+    from workers.gfn_actor import _layout_only, chosen_log_flows
+    torch.manual_seed(cfg.trainer.seed)
+    model = load_hf_model(model_dir, "causal_lm", torch.float32, cfg.trainer.seed)
+    a = cfg.actor
+    inject_lora(model, LoraSpec.from_options(a.lora_rank, a.lora_alpha, 0.0, a.lora_target_modules))
+    head = torch.nn.Linear(model.config.hidden_size, 1)
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)
+    n_total = sum(b.meta["gfn_n_traj"] for b in batches)
+    total = 0.0
+    for b in batches:
+        rows = _layout_only(b)
+        lp, _ = response_logprobs(model, rows)
+        seq = (lp * b["response_mask"]).sum(-1)
+        P = rows["input_ids"].shape[1] - rows["responses"].shape[1]
+        h = model.model(input_ids=rows["input_ids"], attention_mask=rows["attention_mask"],
+                        position_ids=rows["position_ids"]).last_hidden_state[:, P - 1]
+        n, T = b.meta["gfn_n_traj"], b.meta["gfn_T"]
+        mask = torch.tensor(b.meta["gfn_mask"])
+        log_pf = chosen_log_pf(seq, b["gfn_flat"], b["gfn_slot"], b["gfn_chosen"], n, T, mask)
+        log_flow = chosen_log_flows(head(h).squeeze(-1), b["gfn_flat"], b["gfn_chosen"], n, T)
+        loss, _ = problem_objective("fl_db", log_pf, torch.tensor(b.meta["gfn_log_pb"]),
+                                    torch.tensor(b.meta["gfn_log_r"]), mask, None, log_flow,
+                                    torch.tensor(b.meta["gfn_energy"]))
+        total = total + loss * n / n_total
+    total.backward()
+    lora = math.sqrt(sum(float((p.grad.double() ** 2).sum()) for p in model.parameters() if p.grad is not None))
+    flow = math.sqrt(sum(float((p.grad.double() ** 2).sum()) for p in head.parameters()))
+    return float(total.detach()), lora, flow
+
+
+def test_flow_head_fl_db_update_matches_single_process_and_checkpoints(ray_cluster, tiny_model_dir, tmp_path):
+    """Game24 with FL-DB on 2 ranks: loss, LLM grad norm and flow-head grad norm equal direct
+    backprop in one process; base_logprobs is the LoRA-off model; the head is checkpointed."""
+    from orchestrator.for_trainer import ForTrainer
+
+    cfg = load_config(str(REPO / "configs/for_game24.yaml"), [
+        f"model.path={tiny_model_dir}", f"trainer.output_dir={tmp_path / 'run'}", "trainer.total_steps=2",
+        "actor.world_size=2", "actor.lr=0.01", "for_.objective=fl_db", "for_.num_problems=2", "data.batch_size=2",
+        "for_.val_problems=0", "for_.local_search_tries=2", "for_.ll_weight=1.0", "actor.micro_batch_size=16"])
+    tr = ForTrainer(cfg)
+    try:
+        d, p = tr.domain, tr.problems
+        rng = np.random.default_rng(0)
+        trajs = [[tuple(tr._complete(p[k])((), rng)) for _ in range(3)] for k in range(2)]
+        lr = [tr.log_rewards([(k, a) for a in trajs[k]]) for k in range(2)]
+        # the likelihood bonus is FoR's exp(mean token ll)^(1/0.7) under the base model
+        pairs = [(d.prompt(p[0], trajs[0][0][:t]), a) for t, a in enumerate(trajs[0][0])]
+        base = tr.score(pairs, base=True)
+        ntok = sum(len(x) for x in tr._tokens(pairs)[1])
+        r0 = d.reward(p[0], d.walk(p[0], trajs[0][0])[-1], trajs[0][0])
+        assert lr[0][0] == pytest.approx(math.log(r0 + math.exp(float(base.sum()) / ntok) ** (1 / 0.7)), rel=1e-6)
+        assert torch.allclose(base, tr.score(pairs), atol=1e-5)  # LoRA B = 0: the actor is still the base model
+        batches = tr.problem_batches(p, trajs, lr, 1.0)
+        e = batches[0].meta["gfn_energy"]
+        assert e[0][3] == pytest.approx(-lr[0][0]) and e[0][0] == pytest.approx(d.energy(p[0], d.init(p[0]), ()))
+        want_loss, want_lora, want_flow = _reference_fl_db(tiny_model_dir, cfg, batches)
+        outs = tr.actor.gfn_update(batches, "fl_db")
+        assert sum(o["loss"] for o in outs) == pytest.approx(want_loss, rel=1e-4)
+        assert outs[0]["grad_norm"] == pytest.approx(want_lora, rel=1e-3)
+        assert outs[0]["flow_grad_norm"] == outs[1]["flow_grad_norm"] == pytest.approx(want_flow, rel=1e-3)
+        assert want_flow > 0
+        after = tr.score(pairs)
+        assert not torch.allclose(after, base, atol=1e-4)  # the adapters moved ...
+        assert torch.allclose(tr.score(pairs, base=True), base, atol=1e-5)  # ... the base model did not
+        with pytest.raises(Exception, match="needs the flow head|unknown GFlowNet objective"):
+            tr.actor.gfn_update(batches, "nope")
+        row = tr.step()
+        assert math.isfinite(row["for/loss"]) and "for/log_f0_mean" in row
+        tr.save()
+        sums = tr.actor.param_checksums()
+        assert any(n.startswith("flow_head.") and v != (0.0, 0.0) for n, v in sums[0].items())
+    finally:
+        tr.shutdown()
+    tr2 = ForTrainer(cfg)
+    try:
+        tr2.load(1)
+        assert tr2.actor.param_checksums() == sums  # LoRA and the flow head came back
+    finally:
+        tr2.shutdown()
+    assert_all_cpus_released(ray_cluster)
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (REPO / "configs").glob("for_*.yaml")))
+def test_for_recipe_runs_one_step(recipe, ray_cluster, tiny_model_dir, tmp_path):
+    """Each FoR recipe (its domain, objective, LoRA and reward terms) through ForTrainer.fit on the
+    tiny model: metrics with the FoR keys, a checkpoint, every Ray CPU back."""
+    from orchestrator.for_trainer import ForTrainer
+
+    run = tmp_path / "run"
+    cfg = load_config(str(REPO / "configs" / recipe), [
+        f"model.path={tiny_model_dir}", f"trainer.output_dir={run}", "trainer.total_steps=1",
+        "for_.num_problems=2", "data.batch_size=2", "for_.n_samples=2", "for_.local_search_tries=2",
+        "for_.val_problems=1", "for_.val_samples=2", "actor.micro_batch_size=16"])
+    tr = ForTrainer(cfg)
+    try:
+        tr.fit()
+    finally:
+        tr.shutdown()
+    assert_all_cpus_released(ray_cluster)
+    import json
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1]
+    last = rows[-1]
+    for key in ("for/loss", "for/log_r_mean", "for/replay_size", "val/accuracy", "val/creativity", "timing/step_s"):
+        assert key in last, key
+    assert 0 <= last["val/accuracy"] <= 1 and last["for/replay_size"] >= 2
+    assert (run / "checkpoints/step_1/trainer_state.json").exists()
+
+
+def test_one_for_iteration_with_the_embedded_model_and_restore(ray_cluster, tmp_path):
+    """The issue's real iteration: BlocksWorld, the embedded SmolLM2-135M with FoR's LoRA (r=32 on
+    q,k,v,up,down), 2 FSDP ranks on Ray, TB with a learned log Z, the likelihood reward, replay and
+    local search; then the checkpoint restores replay buffer, log Z and the adapter exactly."""
+    from orchestrator.for_trainer import ForTrainer
+
+    cfg = load_config(RECIPE, [
+        f"trainer.output_dir={tmp_path / 'run'}", "trainer.total_steps=1", "for_.objective=tb",
+        "for_.logz_lr=0.1", "for_.num_problems=2", "data.batch_size=2", "for_.n_samples=2",
+        "for_.local_search_tries=4", "for_.val_problems=0", "actor.micro_batch_size=16"])
+    tr = ForTrainer(cfg)
+    try:
+        before = tr.actor.param_checksums()
+        row = tr.fit()
+        assert row["step"] == 1 and math.isfinite(row["for/loss"]) and row["for/replay_size"] >= 2
+        assert tr.log_z.detach().abs().sum() > 0
+        after = tr.actor.param_checksums()
+        assert any(before[0][n] != after[0][n] for n in before[0] if _lora(n))
+        assert all(before[0][n] == after[0][n] for n in before[0] if not _lora(n))
+        saved = tr.state_dict()
+        entries = {pid: tr.replay.entries(pid) for pid in range(2)}
+    finally:
+        tr.shutdown()
+    tr2 = ForTrainer(cfg)
+    try:
+        tr2.load(1)
+        assert tr2.log_z.detach().tolist() == saved["log_z"] != [0.0, 0.0]
+        assert {pid: tr2.replay.entries(pid) for pid in range(2)} == entries
+        assert tr2.state_dict()["replay"] == saved["replay"] and tr2.state_dict()["rng"] == saved["rng"]
+        assert tr2.actor.param_checksums() == after
+    finally:
+        tr2.shutdown()
+    assert_all_cpus_released(ray_cluster)

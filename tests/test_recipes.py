@@ -46,8 +46,8 @@ def shrink(name: str, tmp_path: Path) -> list[str]:
     return out
 
 
-# quickstart: test_quickstart.py; Flow of Reasoning (its own trainer): test_for.py
-@pytest.mark.parametrize("name", [n for n in RECIPES if n not in ("quickstart.yaml", "for_blocksworld.yaml")])
+# quickstart: test_quickstart.py; Flow of Reasoning (its own trainer, for_*.yaml): test_for.py
+@pytest.mark.parametrize("name", [n for n in RECIPES if n != "quickstart.yaml" and not n.startswith("for_")])
 def test_recipe_runs_one_step(name, ray_cluster, tiny_model_dir, tmp_path):
     cfg = load_config(str(REPO / "configs" / name), [
         f"model.path={tiny_model_dir}", "trainer.total_steps=1", f"trainer.output_dir={tmp_path / 'run'}",

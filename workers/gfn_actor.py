@@ -170,7 +170,8 @@ class GFlowNetActorWorker(ActorWorker):
         i's log Z (objective tb). Flow objectives (db, subtb, fl_db, fl_subtb) need the flow head
         and, for fl_*, meta gfn_energy [n][T+1]. Returns this rank's contributions: `loss` (they sum
         over ranks to the global mean loss), `log_z_grad` {i: dL/dlogZ_i}, `phi_mean` {i: mean Φ}
-        and `log_f0` {i: mean log F̃(s_0)} of its problems, and the global `grad_norm` / `step_skipped`.
+        and `log_f0` {i: mean log F̃(s_0)} of its problems, the global `grad_norm` / `step_skipped` of
+        the LLM and, with the flow head, its (rank-averaged) `flow_grad_norm`.
 
         Two passes, so that memory is bounded by actor.micro_batch_size rows whatever the number
         of candidates: (1) every row's sequence log-prob (and flow) without grad -> the exact
@@ -264,20 +265,23 @@ class GFlowNetActorWorker(ActorWorker):
         with self._flows_on(flows) as captured:
             stats = self.backend.train_step(rows.select(order).chunks_of(mbs), loss_fn)
         if flows:
-            self._flow_head_step(world)
+            out["flow_grad_norm"] = self._flow_head_step(world)
         out.update(grad_norm=stats["grad_norm"], step_skipped=stats["step_skipped"])
         return out
 
-    def _flow_head_step(self, world: int) -> None:
-        """The head's gradient, averaged over ranks like FSDP's, then its Adam step."""
+    def _flow_head_step(self, world: int) -> float:
+        """The head's gradient, averaged over ranks like FSDP's, then its Adam step; returns the
+        gradient's norm."""
         for p in self.flow_head.parameters():
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
             if dist.is_initialized() and world > 1:
                 dist.all_reduce(p.grad)
             p.grad /= world
+        norm = float(torch.sqrt(sum((p.grad.double() ** 2).sum() for p in self.flow_head.parameters())))
         self.flow_opt.step()
         self.flow_opt.zero_grad(set_to_none=True)
+        return norm
 
     @register(dispatch=Dispatch.ONE_TO_ALL)
     def save(self, path: str, with_optimizer: bool = True) -> None:
