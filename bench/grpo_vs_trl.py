@@ -30,7 +30,7 @@ from harness import REPO, parse, result, spawn  # noqa: E402
 SHAPE = dict(prompts=8, samples=4, max_new_tokens=128, lr=5e-6)
 
 
-def run_trl(steps: int, out: Path) -> dict:
+def run_trl(steps: int, out: Path, overrides: list[str]) -> dict:
     import torch
     from datasets import Dataset
     from transformers import TrainerCallback
@@ -71,14 +71,14 @@ def run_trl(steps: int, out: Path) -> dict:
     return {"step_s": times}
 
 
-def run_hyflow(steps: int, out: Path) -> dict:
+def run_hyflow(steps: int, out: Path, overrides: list[str]) -> dict:
     from orchestrator.config import load_config
     from orchestrator.trainer import Trainer
 
     cfg = load_config(str(REPO / "configs/quickstart.yaml"), [
         f"trainer.total_steps={steps}", f"trainer.output_dir={out / 'hyflow'}", "data.val_size=0",
         "trainer.progress=false", f"data.batch_size={SHAPE['prompts']}", f"rollout.n={SHAPE['samples']}",
-        f"rollout.max_new_tokens={SHAPE['max_new_tokens']}", f"actor.lr={SHAPE['lr']}"])
+        f"rollout.max_new_tokens={SHAPE['max_new_tokens']}", f"actor.lr={SHAPE['lr']}", *overrides])
     trainer = Trainer(cfg)
     times, phases = [], []
     try:
@@ -134,10 +134,11 @@ def measure(side: str, a, out: Path) -> dict:
 def main() -> None:
     a = parse(__doc__, "steps", 3, {"trl": run_trl, "hyflow": run_hyflow})
     with tempfile.TemporaryDirectory(prefix="grpo_vs_trl_") as tmp:
-        res = {side: measure(side, a, Path(tmp)) for side in ("hyflow", "trl")}
-    res["speedup"] = res["trl"]["median_step_s"] / res["hyflow"]["median_step_s"]
-    res["peak_memory_ratio"] = res["hyflow"]["peak_rss_gb"] / res["trl"]["peak_rss_gb"]
-    res["shape"] = SHAPE
+        res = {side: measure(side, a, Path(tmp)) for side in a.sides.split(",")}
+    if {"trl", "hyflow"} <= res.keys():
+        res["speedup"] = res["trl"]["median_step_s"] / res["hyflow"]["median_step_s"]
+        res["peak_memory_ratio"] = res["hyflow"]["peak_rss_gb"] / res["trl"]["peak_rss_gb"]
+    res["shape"], res["hyflow_overrides"] = SHAPE, a.set
     print(json.dumps(res, indent=1))
 
 

@@ -37,11 +37,11 @@ def batches(cfg, tokenizer, rounds: int) -> list[list[list[int]]]:
     return [[list(map(int, p)) for p in data.next_batch().repeat(cfg.rollout.n)["prompt_ids"]] for _ in range(rounds)]
 
 
-def run_hyflow(rounds: int, out: Path) -> dict:
+def run_hyflow(rounds: int, out: Path, overrides: list[str]) -> dict:
     from orchestrator.config import load_config
     from orchestrator.trainer import Trainer
 
-    cfg = load_config(str(REPO / "configs/quickstart.yaml"), OVERRIDES + [f"trainer.output_dir={out / 'run'}"])
+    cfg = load_config(str(REPO / "configs/quickstart.yaml"), OVERRIDES + [f"trainer.output_dir={out / 'run'}", *overrides])
     trainer = Trainer(cfg)
     res = []
     try:
@@ -56,7 +56,7 @@ def run_hyflow(rounds: int, out: Path) -> dict:
     return {"rounds": res}
 
 
-def run_vllm(rounds: int, out: Path) -> dict:
+def run_vllm(rounds: int, out: Path, overrides: list[str]) -> dict:
     from transformers import AutoTokenizer
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
@@ -64,7 +64,7 @@ def run_vllm(rounds: int, out: Path) -> dict:
     from orchestrator.config import load_config
     from orchestrator.model_prep import resolve_model_path
 
-    cfg = load_config(str(REPO / "configs/quickstart.yaml"), OVERRIDES)
+    cfg = load_config(str(REPO / "configs/quickstart.yaml"), OVERRIDES + overrides)
     path = resolve_model_path(cfg.model.path)
     tok = AutoTokenizer.from_pretrained(path)
     ro = cfg.rollout
