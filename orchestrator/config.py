@@ -317,6 +317,8 @@ class TrainerConfig:
     total_steps: int = _f(10, "training steps (one rollout batch and one update each)")
     output_dir: str = _f("runs/quickstart", "folder for checkpoints, metrics and the resolved config")
     save_every: int = _f(0, "checkpoint every this many steps (0 = at the end only)")
+    resume: bool = _f(False, "continue from the newest checkpoint in output_dir (weights, optimizer, data cursor, "
+                             "step); a fresh start when there is none")
     val_every: int = _f(0, "validate every this many steps (0 = never)")
     seed: int = _f(0, "seed for sampling and model init")
     progress: bool = _f(True, "show a progress bar")

@@ -40,7 +40,7 @@ from algorithms.gflownet import epsilon_schedule, reward_temperature, temper_log
 from algorithms.replay import PrioritizedReplay, accept_improving, local_search_candidates
 from envs.for_domains import ForDomain, make_domain
 from orchestrator.batch import Batch
-from orchestrator.checkpoint import checkpoint_dir, load_trainer_state, save_checkpoint
+from orchestrator.checkpoint import checkpoint_dir, list_checkpoints, load_trainer_state, save_checkpoint
 from orchestrator.config import Config, save_yaml
 from orchestrator.metrics import MetricsLog, Timer, console_line
 from orchestrator.model_prep import resolve_model_path
@@ -380,7 +380,10 @@ class ForTrainer:
 
     def fit(self) -> dict:
         cfg, last = self.cfg, {}
-        self.metrics.log({"step": self.global_step, **self.validate()})
+        if cfg.trainer.resume and list_checkpoints(self.run_dir):
+            self.load(list_checkpoints(self.run_dir)[-1])
+        if self.global_step == 0:
+            self.metrics.log({"step": 0, **self.validate()})
         while self.global_step < cfg.trainer.total_steps:
             last = self.step()
             every = cfg.trainer.val_every

@@ -55,6 +55,9 @@ class PromptTask:
     def state_dict(self) -> dict:
         return self.data.state_dict()
 
+    def load_state_dict(self, state: dict) -> None:
+        self.data.load_state_dict(state)
+
     def close(self) -> None:
         pass
 
@@ -110,6 +113,9 @@ class AgentTask:
 
     def state_dict(self) -> dict:
         return {"episodes": self.episodes}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.episodes = int(state["episodes"])
 
     def close(self) -> None:
         """Kill the env actors (they hold Ray CPUs until then)."""

@@ -21,7 +21,7 @@ import torch
 import algorithms
 from algorithms.kl_control import make_kl_controller, mean_sequence_kl, token_rewards_with_kl
 from orchestrator.batch import Batch
-from orchestrator.checkpoint import save_checkpoint
+from orchestrator.checkpoint import checkpoint_dir, list_checkpoints, load_trainer_state, save_checkpoint
 from orchestrator.config import Config, save_yaml
 from orchestrator.metrics import MetricsLog, Timer, console_line
 from orchestrator.model_prep import resolve_model_path
@@ -91,7 +91,10 @@ class Trainer:
         from tqdm.contrib.logging import logging_redirect_tqdm
 
         cfg = self.cfg
-        self.log_row({"step": 0, **self.validate()})
+        if cfg.trainer.resume and list_checkpoints(self.run_dir):
+            self.load(list_checkpoints(self.run_dir)[-1])
+        if self.global_step == 0:
+            self.log_row({"step": 0, **self.validate()})
         bar = tqdm(range(self.global_step, cfg.trainer.total_steps), desc="train", unit="step",
                    disable=not cfg.trainer.progress, dynamic_ncols=True)
         with logging_redirect_tqdm():  # metric lines print above the bar, not through it
@@ -126,6 +129,23 @@ class Trainer:
         state = {"data": self.task.state_dict(), "seed": self.cfg.trainer.seed,
                  "kl_ctrl": self.kl_ctrl.state_dict() if self.kl_ctrl is not None else None}
         return save_checkpoint(self.run_dir, self.global_step, self.w.actor, state, critic=self.w.critic)
+
+    def load(self, step: int) -> None:
+        """Continue from checkpoint `step` of this run directory: actor and critic (weights and
+        optimizer), data cursor or episode count, KL controller, step; then the engine gets the
+        restored weights (a verified sync). Rollout seeds derive from the step, so the run goes on
+        as if it had not stopped."""
+        s = load_trainer_state(self.run_dir, step)
+        d = checkpoint_dir(self.run_dir, step)
+        self.w.actor.load(str(d / "actor"), True)
+        if self.w.critic is not None:
+            self.w.critic.load(str(d / "critic"), True)
+        self.task.load_state_dict(s["data"])
+        if self.kl_ctrl is not None and s.get("kl_ctrl"):
+            self.kl_ctrl.load_state_dict(s["kl_ctrl"])
+        self.global_step = int(s["step"])
+        self.w.weight_sync.sync()
+        log.info("resumed from %s (step %d)", d, self.global_step)
 
     def log_row(self, row: dict) -> None:
         self.metrics.log(row)
