@@ -96,6 +96,8 @@ class RolloutConfig:
         _check(self.n >= 1, "rollout.n", f"must be >= 1, got {self.n}")
         _check(self.max_new_tokens >= 1, "rollout.max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
         _check(self.temperature >= 0, "rollout.temperature", f"must be >= 0, got {self.temperature}")
+        _check(self.engine != "vllm" or self.temperature <= 2, "rollout.temperature",
+               f"vLLM samples at temperatures in [0, 2], got {self.temperature}")
         _check(0 < self.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {self.top_p}")
         _check(self.top_k == -1 or self.top_k >= 1, "rollout.top_k", f"must be -1 or >= 1, got {self.top_k}")
         _check(self.kv_cache_gb > 0, "rollout.kv_cache_gb", f"must be > 0, got {self.kv_cache_gb}")

@@ -104,6 +104,13 @@ def test_save_yaml_round_trip(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ errors
+def test_engine_limits_are_config_errors():
+    """vLLM rejects temperatures above 2 mid-run; the config does it up front, naming the key."""
+    with pytest.raises(ConfigError, match=re.escape("rollout.temperature: vLLM samples at temperatures in [0, 2], got 5.0")):
+        load_config(None, ["rollout.temperature=5.0"])
+    assert load_config(None, ["rollout.engine=hf", "rollout.temperature=5.0"]).rollout.temperature == 5.0
+
+
 def test_unknown_key_with_suggestion(tmp_path):
     with pytest.raises(ConfigError, match=re.escape(
             "unknown key 'trainer.totl_steps' (did you mean 'trainer.total_steps'?)")):
