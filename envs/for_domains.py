@@ -228,7 +228,7 @@ class ProntoQADomain(ForDomain):
         return (problem.proof[0], True, 0)  # (claim, every step valid so far, valid derivations)
 
     def _rules(self, problem) -> list[str]:
-        return [s for s in problem.facts if isinstance(pq._parse(problem, s), pq.Rule)]
+        return [s for s in problem.facts if isinstance(_form(problem, s), pq.Rule)]
 
     def candidates(self, problem, state, taken):
         rules = self._rules(problem)
@@ -244,13 +244,13 @@ class ProntoQADomain(ForDomain):
         return (nxt, True, k + 1)
 
     def _concludes(self, problem, claim: str) -> bool:
-        q, c = pq._parse(problem, problem.query.split(":", 1)[1]), pq._parse(problem, claim)
+        q, c = _form(problem, problem.query.split(":", 1)[1]), _form(problem, claim)
         return isinstance(c, pq.Fact) and c.entity == q.entity and c.obj == q.obj
 
     def done(self, problem, state, n_actions):
         claim, ok, _ = state
         return (not ok or n_actions >= problem.hops + self.slack
-                or pq._parse(problem, claim).obj in problem.properties)
+                or _form(problem, claim).obj in problem.properties)
 
     def prompt(self, problem, taken):
         return pq.to_prompt(problem, self.walk(problem, taken)[-1][0]) + " "
@@ -275,10 +275,15 @@ class ProntoQADomain(ForDomain):
             lines += [a, nxt]
             claim = nxt
         q = problem.query.split(":", 1)[1].strip()
-        return "\n".join(lines + ["True" if pq._parse(problem, claim) == pq._parse(problem, q) else "False"])
+        return "\n".join(lines + ["True" if _form(problem, claim) == _form(problem, q) else "False"])
 
     def correct(self, problem, taken):
         return pq.check_proof(problem, self.proof_text(problem, taken))
+
+
+def _form(example, sentence: str):
+    """The logical form of a PrOntoQA sentence (prontoqa.parse_sentence): Rule, Fact or None."""
+    return pq.parse_sentence(sentence, example.concepts, example.properties)
 
 
 DOMAINS = {"blocksworld": BlocksWorldDomain, "game24": Game24Domain, "prontoqa": ProntoQADomain}

@@ -303,7 +303,8 @@ class ForTrainer:
                "for/log_z_mean": float(self.log_z.detach()[pids].mean()), **{f"for/{k}": v for k, v in sch.items()}}
         if f.objective in FLOW_OBJECTIVES:
             row["for/log_f0_mean"] = float(np.mean([v for o in outs for v in o["log_f0"].values()]))
-        row.update(solution_metrics({p: trajs[p][:f.n_samples] for p in fresh}, self.problems, self.domain, "for"))
+        row.update(solution_metrics(correct_solutions({p: trajs[p][:f.n_samples] for p in fresh}, self.problems,
+                                                      self.domain), "for"))
         row.update(t.times)
         return row
 
@@ -338,8 +339,8 @@ class ForTrainer:
             return {}
         f = self.cfg.for_
         trajs = self.sample(list(range(len(self.val))), f.val_samples, self.val, 0.0, 1.0, 0.0)
-        out = solution_metrics(trajs, self.val, self.domain, "val")
-        correct = {p: sorted({a for a in ts if self.domain.correct(self.val[p], a)}) for p, ts in trajs.items()}
+        correct = correct_solutions(trajs, self.val, self.domain)
+        out = solution_metrics(correct, "val")
         if self.baseline is None:  # the first validation (step 0: LoRA B = 0, the base model) is the baseline
             self.baseline = {p: [list(a) for a in c] for p, c in correct.items()}
         out["val/creativity"] = creativity(correct, self.baseline)
@@ -403,13 +404,16 @@ class ForTrainer:
         self.pool.shutdown()
 
 
-def solution_metrics(trajs: dict[int, list[tuple]], problems: list, domain: ForDomain, prefix: str) -> dict:
-    """accuracy = share of problems with >= 1 correct solution among their samples (the domain's
-    verifier); diversity = mean number of distinct correct solutions per solved problem (NaN: none
-    sampled/solved)."""
-    correct = {p: {a for a in ts if domain.correct(problems[p], a)} for p, ts in trajs.items()}
+def correct_solutions(trajs: dict[int, list[tuple]], problems: list, domain: ForDomain) -> dict[int, list[tuple]]:
+    """problem id -> its distinct sampled solutions that the domain's verifier accepts (sorted)."""
+    return {p: sorted({a for a in ts if domain.correct(problems[p], a)}) for p, ts in trajs.items()}
+
+
+def solution_metrics(correct: dict[int, list[tuple]], prefix: str) -> dict:
+    """accuracy = share of problems with >= 1 correct solution among their samples; diversity = mean
+    number of distinct correct solutions per solved problem (NaN: none sampled/solved)."""
     solved = [len(c) for c in correct.values() if c]
-    return {f"{prefix}/accuracy": (len(solved) / len(trajs)) if trajs else float("nan"),
+    return {f"{prefix}/accuracy": (len(solved) / len(correct)) if correct else float("nan"),
             f"{prefix}/diversity": float(np.mean(solved)) if solved else float("nan")}
 
 

@@ -15,7 +15,8 @@ from algorithms.replay import PrioritizedReplay
 from envs import blocksworld as bw
 from orchestrator.config import ConfigError, load_config
 from envs.for_domains import BlocksWorldDomain
-from orchestrator.for_trainer import Cursor, creativity, replay_from_json, replay_to_json, solution_metrics
+from orchestrator.for_trainer import (Cursor, correct_solutions, creativity, replay_from_json, replay_to_json,
+                                      solution_metrics)
 from tests.test_recipes import assert_all_cpus_released
 from workers.gfn_actor import chosen_log_pf, problem_objective
 
@@ -95,9 +96,10 @@ def test_candidates_rewards_metrics_and_cursor():
     with pytest.raises(ValueError, match="is not applicable"):
         d.walk(p, ["stack the red block on top of the red block"])
     wrong = tuple(bw.allowed_actions(p.init)[:1])
-    m = solution_metrics({0: [tuple(gold), tuple(gold), wrong]}, [p], d, "x")
+    assert correct_solutions({0: [tuple(gold), tuple(gold), wrong]}, [p], d) == {0: [tuple(gold)]}
+    m = solution_metrics(correct_solutions({0: [tuple(gold), tuple(gold), wrong]}, [p], d), "x")
     assert m == {"x/accuracy": 1.0, "x/diversity": 1.0}
-    m = solution_metrics({0: [wrong], 1: [tuple(gold)]}, [p, p], d, "x")
+    m = solution_metrics(correct_solutions({0: [wrong], 1: [tuple(gold)]}, [p, p], d), "x")
     assert m["x/accuracy"] == 0.5
     # creativity: 3 distinct correct solutions, one of them found by the baseline -> 2/3
     assert creativity({0: [("a",), ("b",)], 1: [("c",)]}, {0: [["a"]], 1: []}) == pytest.approx(2 / 3)

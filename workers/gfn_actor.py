@@ -118,7 +118,7 @@ class GFlowNetActorWorker(ActorWorker):
     @register(dispatch=Dispatch.ONE_TO_ALL)
     def setup(self) -> dict:
         info = super().setup()
-        self.flow_head, self._flow_pos, self._captured = None, None, []
+        self.flow_head, self._capturing, self._captured = None, False, []
         if self.cfg.get("flow_head"):
             model = self.backend.model
             decoder = model.get_decoder()
@@ -131,16 +131,16 @@ class GFlowNetActorWorker(ActorWorker):
         return info
 
     def _capture(self, module, inputs, output) -> None:
-        if self._flow_pos is not None:  # only while gfn_update asks
+        if self._capturing:  # only while gfn_update asks
             self._captured.append(output)
 
     @contextmanager
     def _flows_on(self, on: bool):
-        self._flow_pos, self._captured = (0 if on else None), []
+        self._capturing, self._captured = on, []
         try:
             yield self._captured
         finally:
-            self._flow_pos, self._captured = None, []
+            self._capturing, self._captured = False, []
 
     def _state_flows(self, hidden: torch.Tensor, micro: Batch) -> torch.Tensor:
         """log F̃ [b] of each row's state from the final hidden states [b, L', H] of its forward:
@@ -206,9 +206,10 @@ class GFlowNetActorWorker(ActorWorker):
         # Rows go in length order, which the backend keeps (stable sort), so the captured
         # hidden states line up with them (checked).
         order = length_order(rows)
-        chunks = rows.select(order).chunks_of(mbs)
+        sorted_rows = rows.select(order)
+        chunks = sorted_rows.chunks_of(mbs)
         with self._flows_on(flows) as captured:
-            lp, _ = self.backend.forward_logprobs(rows.select(order), mbs)
+            lp, _ = self.backend.forward_logprobs(sorted_rows, mbs)
             row_flow = torch.zeros(len(rows), dtype=torch.float64)
             if flows:
                 if len(captured) != len(chunks) or any(h.shape[0] != len(c) for h, c in zip(captured, chunks)):
@@ -217,7 +218,7 @@ class GFlowNetActorWorker(ActorWorker):
                 with torch.no_grad():
                     row_flow[order] = torch.cat([self._state_flows(h, c) for h, c in zip(captured, chunks)]).double().cpu()
         seq_all = torch.zeros(len(rows), dtype=torch.float64)
-        seq_all[order] = (lp * rows.select(order)["response_mask"].to(lp.dtype)).sum(-1).double()
+        seq_all[order] = (lp * sorted_rows["response_mask"].to(lp.dtype)).sum(-1).double()
         coef = torch.zeros(len(rows), dtype=torch.float64)
         fcoef = torch.zeros(len(rows), dtype=torch.float64)
         out = {"loss": 0.0, "log_z_grad": {}, "phi_mean": {}, "log_f0": {}}
