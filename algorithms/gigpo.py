@@ -13,12 +13,33 @@ F_norm = std + eps ("GiGPO w/ std", norm_by_std=True) or 1 ("w/o std"), std unbi
 A singleton or all-equal group (episode or anchor) gets 0. With no repeated state A^S = 0 and
 GiGPO is GRPO on the episode returns.
 
+Invalid-action penalty (verl-agent's order, ``ray_trainer.py``): the env rewards alone make R(τ)
+and the discounted step returns; then ``apply_invalid_action_penalty`` subtracts each row's own
+penalty p_i (coef · [action invalid]) from that row's episode score, R(τ) − p_i, and from its step
+return, R_t − p_i. So the penalty lowers only the invalid step's advantage and is not discounted
+back into earlier steps (folding it into the step reward would blame the valid steps).
+
 Controller call (registry convention): ``get_advantage_estimator("gigpo")(scores=batch["scores"],
 group_ids=batch["uid"], mask=batch["response_mask"], step_rewards=batch["step_rewards"],
-traj_ids=batch["traj_ids"], step_ids=batch["step_ids"], anchors=batch["anchors"], gamma=...,
-omega=..., norm_by_std=..., episode_stats=..., eps=...)`` -> [B, T]. ``scores`` is unused: in
-verl-agent's layout it holds the episode reward copied onto every step, which GiGPO rebuilds from
-``step_rewards`` (the env reward of each step), so the step rewards are required.
+traj_ids=batch["traj_ids"], step_ids=batch["step_ids"], anchors=batch["anchors"],
+penalties=batch["penalties"], gamma=..., omega=..., norm_by_std=..., episode_stats=..., eps=...)``
+-> [B, T]. ``step_rewards`` is the env reward of each step only (no penalty folded in) and
+``penalties`` the invalid-action penalty of each step (>= 0, 0 for a valid action). ``scores`` is
+unused: in verl-agent's layout it holds the episode reward copied onto every step, which GiGPO
+rebuilds from ``step_rewards``, so the step rewards are required.
+
+Deviations from verl-agent (``gigpo/core_gigpo.py``), kept on purpose:
+* An episode group with a single entry (one row; one trajectory in "trajectories" mode) gets
+  A^E = 0 apart from the penalty (verl-agent: mean 0, std 1, i.e. the raw score), as hyflow's GRPO
+  does: one sample carries no relative signal. Only matters at group size 1.
+* episode_stats="trajectories" (the paper's Eq. 3; verl-agent's default is the step-sample stats)
+  takes mean/std over the unpenalised R(τ), one per trajectory (verl-agent's per-trajectory mode
+  takes each trajectory's first row, penalised or not, which depends on row order). Each row then
+  normalises its own penalised score. Where those R(τ) are degenerate (one trajectory, or all
+  equal) the std is 0 and (R(τ) − p_i − mean)/(0 + eps) would turn a 0.1 penalty into −1e5, so
+  there F_norm = 1 and the row gets exactly −p_i.
+* Anchors are keyed with dtype and shape (``to_hashable``), so arrays of equal bytes but another
+  shape do not alias (verl-agent flattens them to a tuple of values).
 """
 from __future__ import annotations
 
@@ -91,21 +112,75 @@ def _group_norm(values: list[float], ids: torch.Tensor, norm_by_std: bool, eps: 
                                    eps=eps)[:, 0]
 
 
+def _penalty_list(penalties: Any, n: int) -> list[float]:
+    """`penalties` ([B], finite, >= 0; None = zeros) as a list of n Python floats."""
+    if penalties is None:
+        return [0.0] * n
+    try:
+        p = torch.as_tensor(penalties)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"penalties must be a 1-D [B] tensor of numbers: {e}") from None
+    if p.ndim != 1 or p.shape[0] != n:
+        raise ValueError(f"penalties must be a 1-D [B] tensor with B = {n} (one per step-sample), "
+                         f"got shape {tuple(p.shape)}")
+    if p.dtype == torch.bool or p.is_complex():
+        raise ValueError(f"penalties must hold real numbers, got dtype {p.dtype}")
+    p = p.to(torch.float64)
+    if not torch.isfinite(p).all():
+        raise ValueError("penalties contains non-finite values")
+    if (p < 0).any():
+        i = int(torch.nonzero(p < 0)[0])
+        raise ValueError(f"penalties must be >= 0 (they are subtracted), got {p[i].item():g} at "
+                         f"row {i}")
+    return p.tolist()
+
+
+def _trajectory_norm(episode_return: dict[int, float], group_of: dict[int, int],
+                     traj_index: list[int], pen: list[float], norm_by_std: bool, eps: float
+                     ) -> torch.Tensor:
+    """episode_stats="trajectories": per row (R(τ_i) − p_i − mean_g) / F_norm, mean/std over the
+    group's unpenalised trajectory returns (one each); degenerate groups use F_norm = 1."""
+    order = list(episode_return)
+    if not order:
+        return torch.zeros(0, dtype=torch.float64)
+    values = torch.tensor([episode_return[t] for t in order], dtype=torch.float64)
+    groups = torch.tensor([group_of[t] for t in order], dtype=torch.long)
+    n = int(groups.max()) + 1
+    count = torch.zeros(n, dtype=torch.float64).index_add_(0, groups, torch.ones_like(values))
+    mean = torch.zeros(n, dtype=torch.float64).index_add_(0, groups, values) / count
+    dev = values - mean[groups]
+    var = torch.zeros(n, dtype=torch.float64).index_add_(0, groups, dev * dev)
+    var = var / (count - 1).clamp(min=1)
+    gmax = torch.full((n,), -math.inf, dtype=torch.float64).scatter_reduce(0, groups, values, "amax")
+    gmin = torch.full((n,), math.inf, dtype=torch.float64).scatter_reduce(0, groups, values, "amin")
+    degenerate = (count < 2) | (gmax == gmin)
+    scale = torch.where(degenerate, torch.ones_like(var), var.sqrt() + eps) if norm_by_std \
+        else torch.ones_like(var)
+    dev = torch.where(degenerate[groups], torch.zeros_like(dev), dev)   # exact 0, no rounding
+    pos = {t: k for k, t in enumerate(order)}
+    rows = torch.tensor([pos[t] for t in traj_index])
+    return (dev[rows] - torch.tensor(pen, dtype=torch.float64)) / scale[groups[rows]]
+
+
 def compute_gigpo_advantages(step_rewards, traj_ids, step_ids, group_ids, anchors,
                              mask: torch.Tensor, gamma: float = 0.95, omega: float = 1.0,
                              norm_by_std: bool = True, episode_stats: str = "step_samples",
-                             eps: float = 1e-6) -> torch.Tensor:
+                             eps: float = 1e-6, penalties=None) -> torch.Tensor:
     """GiGPO advantages A^E + ω·A^S, one row per step-sample, broadcast over its response tokens.
 
-    step_rewards [B] env reward of each step; traj_ids [B] trajectory of each row; step_ids [B]
-    integer time index of the step in its trajectory (unique per trajectory; rows may come in any
-    order, and a missing time index contributes no reward, the exponent is k − t); group_ids [B]
-    task group (a trajectory lies in one group); anchors [B] env state of the step (hashable, or a
-    numpy array / tensor / dict / list, keyed with ``to_hashable``); mask [B, T].
-    episode_stats: "step_samples" takes the episode mean/std over all step-samples of the group
-    (verl-agent's code: a trajectory with T steps counts T times); "trajectories" over the N
-    trajectory returns (the paper's Eq. 3). Returns [B, T] in step_rewards' float dtype (float32
-    otherwise), 0 where mask is 0.
+    step_rewards [B] env reward of each step (no invalid-action penalty in it); traj_ids [B]
+    trajectory of each row; step_ids [B] integer time index of the step in its trajectory (unique
+    per trajectory; rows may come in any order, and a missing time index contributes no reward,
+    the exponent is k − t); group_ids [B] task group (a trajectory lies in one group); anchors [B]
+    env state of the step (hashable, or a numpy array / tensor / dict / list, keyed with
+    ``to_hashable``); mask [B, T]; penalties [B] invalid-action penalty of each row (>= 0; None =
+    zeros), subtracted after discounting from the row's episode score and its step return (see
+    the module doc).
+    episode_stats: "step_samples" takes the episode mean/std over the penalised scores
+    R(τ) − p_i of all step-samples of the group (verl-agent's code: a trajectory with T steps
+    counts T times); "trajectories" over the N unpenalised trajectory returns (the paper's Eq. 3),
+    each row normalising its own penalised score. Anchor groups use the penalised step returns.
+    Returns [B, T] in step_rewards' float dtype (float32 otherwise), 0 where mask is 0.
     """
     rewards = torch.as_tensor(step_rewards)
     if rewards.ndim != 1:
@@ -124,6 +199,7 @@ def compute_gigpo_advantages(step_rewards, traj_ids, step_ids, group_ids, anchor
     if episode_stats not in EPISODE_STATS:
         raise ValueError(f"episode_stats must be one of {list(EPISODE_STATS)}, "
                          f"got {episode_stats!r}")
+    pen = _penalty_list(penalties, B)
     trajs = _as_list("traj_ids", traj_ids, B)
     steps = _as_list("step_ids", step_ids, B)
     groups = _as_list("group_ids", group_ids, B)
@@ -157,19 +233,19 @@ def compute_gigpo_advantages(step_rewards, traj_ids, step_ids, group_ids, anchor
             g = r[i] + (gamma ** (nxt - steps[i]) * g if nxt is not None else 0.0)
             step_return[i], nxt = g, steps[i]
 
+    # verl-agent's apply_invalid_action_penalty: after discounting, each row's own penalty only
     if episode_stats == "step_samples":
-        a_ep = _group_norm([episode_return[t] for t in traj_index], group_index, norm_by_std, eps)
+        a_ep = _group_norm([episode_return[t] - p for t, p in zip(traj_index, pen)], group_index,
+                           norm_by_std, eps)
     else:
-        order = list(rows_of)                       # dense traj index -> one entry per trajectory
-        per_traj = _group_norm([episode_return[t] for t in order],
-                               torch.tensor([group_of[t] for t in order]), norm_by_std, eps)
-        a_ep = per_traj[torch.tensor(traj_index)]
+        a_ep = _trajectory_norm(episode_return, group_of, traj_index, pen, norm_by_std, eps)
     try:
         keys = [(g, to_hashable(o)) for g, o in zip(group_index.tolist(), obs)]   # Eq. 4/6
     except TypeError as e:
         raise TypeError(f"anchors must be hashable or numpy arrays / tensors / dicts / lists: "
                         f"{e}") from None
-    a_step = _group_norm(step_return, _dense("anchors", keys), norm_by_std, eps)   # Eq. 7
+    a_step = _group_norm([g - p for g, p in zip(step_return, pen)], _dense("anchors", keys),
+                         norm_by_std, eps)                                         # Eq. 7
     adv = a_ep + omega * a_step                                                    # Eq. 8
     return (adv[:, None] * mask.to(dtype=torch.float64, device="cpu")).to(
         device=mask.device, dtype=out_dtype)
@@ -177,9 +253,10 @@ def compute_gigpo_advantages(step_rewards, traj_ids, step_ids, group_ids, anchor
 
 @register_advantage_estimator("gigpo")
 def gigpo_advantage(scores, group_ids, mask, step_rewards, traj_ids, step_ids, anchors,
-                    gamma: float = 0.95, omega: float = 1.0, norm_by_std: bool = True,
-                    episode_stats: str = "step_samples", eps: float = 1e-6):
+                    penalties=None, gamma: float = 0.95, omega: float = 1.0,
+                    norm_by_std: bool = True, episode_stats: str = "step_samples",
+                    eps: float = 1e-6):
     """Registered "gigpo": compute_gigpo_advantages; scores is unused (see the module doc)."""
     return compute_gigpo_advantages(step_rewards, traj_ids, step_ids, group_ids, anchors, mask,
                                     gamma=gamma, omega=omega, norm_by_std=norm_by_std,
-                                    episode_stats=episode_stats, eps=eps)
+                                    episode_stats=episode_stats, eps=eps, penalties=penalties)

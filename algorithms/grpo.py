@@ -4,6 +4,12 @@ GRPO (Shao et al. 2024, DeepSeekMath §4.1.2): for the G responses to one prompt
 A_i = (r_i − mean_j r_j) / (std_j r_j + ε), the same value on every response token.
 Dr.GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training"): drop the std division,
 A_i = r_i − mean_j r_j (its length-bias fix lives in the loss aggregation, see losses.aggregate).
+
+Deviation from verl (``core_algos.compute_grpo_outcome_advantage``), kept on purpose: a group of
+one response gets 0, where verl uses mean 0 and std 1, i.e. passes the raw score through (EasyR1
+refuses rollout.n = 1 instead). One sample carries no group-relative signal, and a raw score would
+mix an unnormalised scale into a normalised batch. It only matters at rollout.n = 1. A group whose
+scores are all equal is set to exactly 0 (verl gets 0 up to float rounding of the mean).
 """
 from __future__ import annotations
 

@@ -8,6 +8,12 @@ from the rollout-time (old) and reference log-probs. GAE then spreads these rewa
 β is fixed (`FixedKLController`) or adapted to a KL target (`AdaptiveKLController`, Ziegler et al.
 2019 §2.2): e = clip(KL/target − 1, −0.2, 0.2), β ← β·(1 + e·n_steps/horizon), where n_steps is the
 number of samples since the last update (the batch size) and KL the batch's mean per-sequence KL.
+
+Deviation from verl (``ray_trainer.apply_kl_penalty``), kept on purpose: the batch KL the adaptive
+controller tracks (``mean_sequence_kl``) leaves out rows without response tokens, where verl
+averages them in as 0; hyflow pads batches to the world size with such masked rows, which are
+not samples and would otherwise pull the tracked KL down. Otherwise as verl: the controllers'
+update rule, and k1 (log π_old − log π_ref) as the default in-reward estimator.
 """
 from __future__ import annotations
 

@@ -3,6 +3,16 @@ loss, KL estimators, entropy.
 
 Masks are 0/1 (bool, int or float) with the shape of the per-token tensor. Values at masked-out
 positions never reach a result (they may be inf/nan padding), not even through gradients.
+
+Deviations from verl (``core_algos.agg_loss`` + ``dp_actor``), kept on purpose:
+* The seq-mean modes (seq-mean-token-sum-norm included) count only rows with at least one
+  response token; verl's seq-mean-token-sum-norm divides by all rows of the mini-batch (its
+  1/grad_accum). The two differ only on the all-masked padding rows hyflow adds to give every rank
+  an equal shard, which are not samples.
+* seq-mean-token-sum-norm's default constant is T = mask.shape[1], the response width of the batch.
+  verl's rollout pads to max_response_length, so its T is a true constant; hyflow's driver trims
+  all-padding columns (workers/rollout.trim_padding), so the default T is the step's longest
+  response. Pass ``norm_const`` (e.g. rollout.max_new_tokens) for Dr.GRPO's fixed constant.
 """
 from __future__ import annotations
 
@@ -57,8 +67,12 @@ def aggregate(loss_mat: torch.Tensor, mask: torch.Tensor, mode: str = "token-mea
     * "seq-mean-token-mean": mean over rows of each row's token mean.
     * "seq-mean-token-sum": mean over rows of each row's token sum.
       (Both seq-mean modes average over rows with at least one token; padding rows are ignored.)
-    * "seq-mean-token-sum-norm": Σ_{i,t} m·L / norm_const, default T = mask.shape[1] (Dr.GRPO's
-      constant normaliser, which removes the length bias of per-sequence means).
+    * "seq-mean-token-sum-norm": (1/G)·Σ_{i,t} m·L / norm_const over the G rows with at least one
+      token; norm_const defaults to T = mask.shape[1]. Dr.GRPO's constant normaliser (Liu et al.
+      2025: GRPO's 1/|o_i| replaced by a constant, no length bias), equal to verl's per-micro-batch
+      Σ/T scaled by 1/grad_accum. Like the other seq-mean modes, a data-parallel rank (or
+      micro-batch) scales its result by its share rows/global_rows of the mini-batch (see
+      workers/actor.py), so the loss scale does not grow with the number of rows.
     """
     if mode not in AGG_MODES:
         raise ValueError(f"unknown loss aggregation mode {mode!r}; choose one of {list(AGG_MODES)}")
@@ -75,13 +89,13 @@ def aggregate(loss_mat: torch.Tensor, mask: torch.Tensor, mode: str = "token-mea
         if not global_tokens > 0:
             raise ValueError(f"global_tokens must be > 0, got {global_tokens}")
         return xs.sum() / global_tokens
+    row_tokens = m.sum(-1)
+    row = xs.sum(-1)
     if mode == "seq-mean-token-sum-norm":
         norm = mask.shape[1] if norm_const is None else norm_const
         if not norm > 0:
             raise ValueError(f"norm_const must be > 0, got {norm}")
-        return xs.sum() / norm
-    row_tokens = m.sum(-1)
-    row = xs.sum(-1)
+        row = row / norm
     if mode == "seq-mean-token-mean":
         row = row / row_tokens.clamp(min=1)
     return masked_mean(row, row_tokens > 0)

@@ -6,6 +6,16 @@ return-to-go G_t = Σ_{k≥t} γ^{k−t} r_k (the per-token advantage, Eq. 8 in 
 global advantage normalisation A = (G − mean_batch G) / std_batch G (Eq. 10) over all response
 tokens of the batch, not per prompt group.
 
+Deviations from verl (``core_algos.compute_reinforce_plus_plus_outcome_advantage``), kept on
+purpose: (1) the return recursion skips masked-out positions and carries the return through them
+(as GAE does), where verl resets it at every masked position; the two agree on single-turn rows
+(mask 1…1 0…0), and only multi-turn rows with observation tokens inside the response differ, where
+verl would cut the credit at each observation. (2) The whitening is (G − mean)/(std + eps) with
+eps = 1e-6, GRPO's form, where verl uses (G − mean)·rsqrt(var + 1e-8); the same except when the
+variance is near 0, and all-equal returns (or fewer than 2 tokens, where verl raises) give 0.
+The KL-in-reward penalty of the paper is composed by the caller (kl_control.token_rewards_with_kl,
+k1 in the REINFORCE++ recipe).
+
 Controller call (registry convention): ``get_advantage_estimator("reinforce_pp")(
 scores=batch["scores"], group_ids=batch["uid"], mask=batch["response_mask"],
 token_rewards=batch["token_rewards"] (optional), gamma=..., eps=...)`` -> [B, T]. Without

@@ -2,8 +2,8 @@
 
 PrioritizedReplay (FoR, Yu et al. 2025 §3.3, ``replay_buffer.py``): per problem, the top
 ``buffer_size`` unique trajectories by log R; replayed with probability ∝ softmax(log R).
-local_search (FoR §3.3): keep the first half of the best trajectory, re-complete the rest, and
-keep a completion only if it beats the best log R so far.
+local_search (FoR §3.3): keep a prefix of the best fresh trajectory (by default its first half),
+re-complete the rest, and keep every completion whose log R beats that best trajectory's.
 """
 from __future__ import annotations
 
@@ -122,37 +122,44 @@ class PrioritizedReplay:
 
 
 def local_search_candidates(best_actions: Sequence, complete_fn: Callable[[tuple, np.random.Generator], Sequence],
-                            n_tries: int, rng: np.random.Generator) -> list[tuple]:
-    """FoR local search, proposal half: keep the first ⌊len/2⌋ actions of the best trajectory and
-    re-complete the rest ``n_tries`` times with ``complete_fn(prefix, rng)`` (returns the actions
-    after the prefix). Returns the n_tries full action tuples, in order."""
+                            n_tries: int, rng: np.random.Generator, keep: int | None = None) -> list[tuple]:
+    """FoR local search, proposal half: keep the first ``keep`` actions of the best trajectory
+    (default ⌊len/2⌋: FoR BlocksWorld ``K = self.args.step // 2``, lightning_module_selection.py:610)
+    and re-complete the rest ``n_tries`` times with ``complete_fn(prefix, rng)`` (returns the
+    actions after the prefix). Returns the n_tries full action tuples, in order."""
     best_actions = tuple(best_actions)
     if not best_actions:
         raise ValueError("best_actions is empty: nothing to search around")
     if not isinstance(n_tries, int) or n_tries < 0:
         raise ValueError(f"n_tries must be a non-negative int, got {n_tries!r}")
-    prefix = best_actions[: len(best_actions) // 2]
+    keep = len(best_actions) // 2 if keep is None else keep
+    if not isinstance(keep, int) or not 0 <= keep <= len(best_actions):
+        raise ValueError(f"keep must be an int in [0, {len(best_actions)}], got {keep!r}")
+    prefix = best_actions[:keep]
     return [prefix + tuple(complete_fn(prefix, rng)) for _ in range(n_tries)]
 
 
 def accept_improving(candidates: Sequence[tuple], log_rs: Sequence[float], best_log_r: float) -> list[tuple[tuple, float]]:
-    """FoR local search, acceptance half: walk the candidates in order and accept one only if its
-    log R beats the best so far (raised by each accepted one, so accepted log Rs strictly increase;
-    nan never passes). Returns the accepted (actions, log_r)."""
+    """FoR local search, acceptance half: accept every candidate whose log R beats ``best_log_r``
+    (the best log R among the problem's fresh samples). The bar is fixed: each try is compared
+    with the same best, as FoR does (``if log_reward > best_reward`` with best_reward unchanged in
+    the loop: BlocksWorld lightning_module_selection.py:231, PrOntoQA lightning_module.py:222), so
+    an accepted try does not raise it and equal tries are all accepted (FoR trains each one);
+    nan never passes. Returns the accepted (actions, log_r), in order."""
     best, accepted = float(best_log_r), []
     for actions, log_r in zip(candidates, log_rs):
         if float(log_r) > best:
             accepted.append((tuple(actions), float(log_r)))
-            best = float(log_r)
     return accepted
 
 
 def local_search(best_actions: Sequence, log_r_fn: Callable[[tuple], float],
                  complete_fn: Callable[[tuple, np.random.Generator], Sequence], n_tries: int,
-                 rng: np.random.Generator, best_log_r: float | None = None,
+                 rng: np.random.Generator, best_log_r: float | None = None, keep: int | None = None,
                  ) -> list[tuple[tuple, float]]:
-    """FoR local search: `local_search_candidates` then `accept_improving` against ``best_log_r``
-    (default log_r_fn(best_actions)). Returns the accepted (actions tuple, log_r) in order."""
-    cands = local_search_candidates(best_actions, complete_fn, n_tries, rng)
+    """FoR local search: `local_search_candidates` (keeping ``keep`` actions, default half) then
+    `accept_improving` against ``best_log_r`` (default log_r_fn(best_actions)). Returns the
+    accepted (actions tuple, log_r) in order."""
+    cands = local_search_candidates(best_actions, complete_fn, n_tries, rng, keep)
     best = float(log_r_fn(tuple(best_actions))) if best_log_r is None else float(best_log_r)
     return accept_improving(cands, [float(log_r_fn(a)) for a in cands], best)

@@ -5,6 +5,10 @@ leave-one-out estimator); Ahmadian et al. 2024, "Back to Basics" (RLOO): for the
 one prompt,
 A_i = r_i − 1/(k−1) Σ_{j≠i} r_j, the same value on every response token.
 
+Deviation from verl (``core_algos.compute_rloo_outcome_advantage``), kept on purpose: a group of
+one response gets 0 (verl leaves the raw score; EasyR1 refuses rollout.n = 1): with no other
+sample there is no baseline. It only matters at rollout.n = 1.
+
 Controller call (registry convention): ``get_advantage_estimator("rloo")(scores=batch["scores"],
 group_ids=batch["uid"], mask=batch["response_mask"])`` -> [B, T].
 """

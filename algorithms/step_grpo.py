@@ -6,6 +6,10 @@ advantage is GRPO's (DeepSeekMath §4.1.2) inside the group of rollouts from the
 Â_{i,t} = (r_{i,t} − mean_j r_{j,t}) / (std_j r_{j,t} + ε), broadcast over that step's response
 tokens; no credit flows between steps (each step is a one-step bandit given its prefix).
 
+Deviation, kept on purpose: a step state with a single rollout gets 0, as hyflow's GRPO (see
+grpo.py); the verl-family reference either passes the raw score (verl: mean 0, std 1) or refuses
+rollout.n = 1 (EasyR1). It only matters at rollout.n = 1.
+
 Controller call (registry convention): ``get_advantage_estimator("step_grpo")(
 scores=batch["scores"], group_ids=batch["uid"], mask=batch["response_mask"],
 step_state_ids=batch["step_state_ids"] (optional), norm_by_std=..., eps=...)`` -> [B, T].

@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 CJK = re.compile(r"[\u4e00-\u9fff]")
-ACTION = re.compile(r"<action>(.*?)</action>", re.S)
-THINK = re.compile(r"<think>.*?</think>", re.S)
 
 INSTRUCTION = ("Now it's your turn to take an action. You should first reason step-by-step about the current "
                "situation. This reasoning process MUST be enclosed within <think> </think> tags. Once you've "
@@ -44,8 +42,8 @@ class StepSample:
     traj: int
     step: int
     anchor: str
-    reward: float                    # env reward minus the invalid-action penalty
-    env_reward: float
+    env_reward: float                # the env's reward for this step
+    penalty: float                   # invalid-action penalty (0 when valid); applied after discounting
     valid: bool
     done: bool
     info: dict = field(default_factory=dict)
@@ -54,12 +52,16 @@ class StepSample:
 def project_action(text: str, fallback_chars: int = 30) -> tuple[str, bool]:
     """(action, valid): the text inside the first <action></action>; valid only with a <think>
     block too and no CJK characters (verl-agent's projection). Malformed output sends its last
-    `fallback_chars` characters to the env and is marked invalid."""
-    m = ACTION.search(text)
-    if not m:
+    `fallback_chars` characters to the env and is marked invalid. Linear in the text's length
+    (plain `str.find`, no backtracking); never raises on a str."""
+    i = text.find("<action>")
+    j = text.find("</action>", i + 8) if i >= 0 else -1
+    if j < 0:
         return text[-fallback_chars:].strip().lower(), False
-    action = m.group(1).strip().lower()
-    return action, bool(THINK.search(text)) and not CJK.search(text)
+    action = text[i + 8:j].strip().lower()
+    t = text.find("<think>")
+    thought = t >= 0 and text.find("</think>", t + 7) >= 0
+    return action, thought and not CJK.search(text)
 
 
 def view(observation: str, info: dict) -> str:
@@ -87,9 +89,14 @@ def build_messages(task: str, history: list[tuple[str, str]], observation: str, 
 
 def run_episodes(manager, generate: Callable[[list[list[int]]], list[tuple[list[int], list[float], str]]],
                  encode: Callable[[list[dict]], list[int]], decode: Callable[[list[int]], str],
-                 seeds: list[int], cfg: AgentLoopConfig, task_of: Callable[[str, dict], str] | None = None
-                 ) -> tuple[list[StepSample], list[dict]]:
-    """Play one episode in every env of the manager; returns (step samples, one summary per env)."""
+                 seeds: list[int], cfg: AgentLoopConfig, task_of: Callable[[str, dict], str] | None = None,
+                 progress: Callable[[int, int, int], None] | None = None) -> tuple[list[StepSample], list[dict]]:
+    """Play one episode in every env of the manager; returns (step samples, one summary per env).
+
+    The invalid-action penalty is kept apart from the env reward (`StepSample.penalty`): as in
+    verl-agent, returns are discounted over env rewards only, and the penalty is subtracted from the
+    invalid step's own scores afterwards (algorithms/gigpo.py). `progress(done, total, turn)` is
+    called after every turn with the number of finished episodes and the turn (1-based)."""
     first = manager.reset(seeds)
     n = manager.size
     task_of = task_of or (lambda obs, info: info.get("task") or info.get("instruction") or obs)
@@ -122,9 +129,9 @@ def run_episodes(manager, generate: Callable[[list[list[int]]], list[tuple[list[
         for k, i in enumerate(idx):
             action, valid, resp, lps, finish = actions[i]
             r = results[i]
-            reward = r.reward - (0.0 if valid else cfg.invalid_penalty)
+            penalty = 0.0 if valid else cfg.invalid_penalty
             samples.append(StepSample(prompts[k], resp, lps, finish, manager.group_of(i), i, t,
-                                      str(infos[i].get("anchor", obs[i])), reward, r.reward, valid, r.done,
+                                      str(infos[i].get("anchor", obs[i])), r.reward, penalty, valid, r.done,
                                       {"task_type": infos[i].get("task_type", ""), "env_error": r.info.get("env_error")}))
             history[i].append((view(obs[i], infos[i]), action))
             obs[i], infos[i] = r.observation, r.info
@@ -133,7 +140,12 @@ def run_episodes(manager, generate: Callable[[list[list[int]]], list[tuple[list[
             if r.done:
                 active[i] = False
                 won[i] = bool(r.info.get("won", False))
+        if progress is not None:
+            progress(n - sum(active), n, t + 1)
+    if progress is not None:  # episodes cut at max_steps are finished too
+        progress(n, n, max(steps_taken, default=0))
     summaries = [{"group": manager.group_of(i), "traj": i, "return": returns[i], "won": won[i],
                   "steps": steps_taken[i], "task_type": first[i].info.get("task_type", ""),
-                  "task_score": infos[i].get("task_score")} for i in range(n)]
+                  "task_score": infos[i].get("task_score"), "error": first[i].info.get("env_error")}
+                 for i in range(n)]
     return samples, summaries

@@ -91,7 +91,8 @@ _ACTION_RES = [
 
 def parse_action(text: str) -> Action | None:
     """"unstack the red block from on top of the yellow block" -> ("unstack", "red", "yellow").
-    Case, surrounding whitespace, repeated spaces and a final period are tolerated; None otherwise."""
+    Case, surrounding whitespace, repeated spaces and a final period are tolerated; None otherwise
+    (non-str, over 200 characters, any other text). Never raises; anchored regexes, linear."""
     if not isinstance(text, str) or len(text) > 200:
         return None
     t = " ".join(text.strip().lower().rstrip(".").split())

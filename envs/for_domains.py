@@ -12,9 +12,17 @@ The FoR trainer (orchestrator/for_trainer.py) never branches on the task; it tal
     domain.correct(p, taken)                                # the task's public verifier
 
 `prompt(p, taken)` is the text of a state; an action's text follows it (plus "\\n"), and log P_F(a|s)
-= a softmax over A(s) of the LM's sequence log-probs (FoR). `tree` domains (the prompt holds the
-whole history) have log P_B = 0; DAG domains give |Pa(s)| through `num_parents`.
+= a softmax over A(s) of the LM's sequence log-probs (FoR). `tree` domains have log P_B = 0: the
+GFlowNet state is the whole history (the objects are the action sequences), whatever part of it
+the prompt shows; a DAG domain (tree = False) gives |Pa(s)| through `num_parents`.
 `ll_bonus` is FoR's augmented reward from the base model's log-likelihood of each chosen step.
+
+Per-domain FoR rules the trainer reads (so that it never branches on the domain), each citing the
+FoR file/line it follows (Yu-Fangxu/FoR at 84c8f82):
+    domain.tempered_log_reward(log_r, tau)   # log R · τ_R or log R / τ_R (reward_temp_mode)
+    domain.untempered_pf_temp                # P_F temperature of the trajectories not drawing the tempered one
+    domain.val_pf_temp                       # P_F temperature of validation samples
+    domain.local_search_keep(n)              # actions of the best trajectory local search keeps
 Every method is deterministic and pure; none raises on a well-formed trajectory.
 """
 from __future__ import annotations
@@ -24,6 +32,7 @@ from abc import ABC, abstractmethod
 from fractions import Fraction
 from typing import Any, Sequence
 
+from algorithms.gflownet import REWARD_TEMPERATURE_MODES, temper_log_reward
 from envs import blocksworld as bw
 from envs import game24 as g24
 from envs import prontoqa as pq
@@ -32,6 +41,9 @@ from envs import prontoqa as pq
 class ForDomain(ABC):
     name: str
     tree: bool = True
+    reward_temp_mode: str = "multiply"  # see tempered_log_reward
+    untempered_pf_temp: float = 1.0
+    val_pf_temp: float = 1.0
 
     @abstractmethod
     def problems(self, n_train: int, n_val: int, seed: int) -> tuple[list, list]: ...
@@ -68,6 +80,21 @@ class ForDomain(ABC):
         (sequence log-prob ll_t over step_tokens[t] tokens); 0 for domains without one."""
         return 0.0
 
+    def tempered_log_reward(self, log_r, tau: float):
+        """The training target's log R under reward temperature tau (the trainer's schedule), by
+        the domain's FoR rule: log R · tau ("multiply") or log R / tau ("divide"). Linear in log R,
+        so the trainer tempers the FL partial energies the same way."""
+        if self.reward_temp_mode not in REWARD_TEMPERATURE_MODES:
+            raise ValueError(f"{self.name}: reward_temp_mode must be one of {list(REWARD_TEMPERATURE_MODES)}, "
+                             f"got {self.reward_temp_mode!r}")
+        return temper_log_reward(log_r, tau, self.reward_temp_mode)
+
+    def local_search_keep(self, n_actions: int) -> int:
+        """How many leading actions of the best trajectory (n_actions long) local search keeps
+        before re-completing: half (FoR BlocksWorld `K = self.args.step // 2`,
+        lightning_module_selection.py:610)."""
+        return n_actions // 2
+
     def walk(self, problem, taken: Sequence[str]) -> list:
         """States s_0 … s_n along `taken`; ValueError on an inapplicable action."""
         states = [self.init(problem)]
@@ -78,10 +105,33 @@ class ForDomain(ABC):
 
 # ----------------------------------------------------------------------------- BlocksWorld
 class BlocksWorldDomain(ForDomain):
-    """PlanBench BlocksWorld (FoR §4): a DAG over block configurations (|Pa(s)| from the STRIPS
-    model); A(s) = applicable actions not yet taken; stop at the goal or after optimal + slack
-    actions; R = 100 at the goal else 10 · goal fraction; ll bonus Σ_t −1/ll_t (FoR's λ = 1.5)."""
-    name, tree = "blocksworld", False
+    """PlanBench BlocksWorld (FoR §4). A(s) = applicable actions not yet taken; stop at the goal or
+    after optimal + slack actions; R = 100 at the goal else 10 · goal fraction; ll bonus Σ_t −1/ll_t
+    (FoR's λ = 1.5). Reward temperature multiplies log R and untempered trajectories sample P_F at
+    temperature 1 (FoR lightning_module_selection.py:247 `LOG_R * self.reward_temperature`, :176
+    `pf_temp = 1.0`); validation at temperature 1 without ε (its test/validation sampling).
+
+    Prompt and P_B. The prompt shows the *current* block configuration and the step number in
+    FoR's statement template ("STATE t: As initial conditions I have that, <state>" ... "ACTION t:",
+    lightning_module_selection.py:496-510 `add_time` + `<init_state>` = the current state), so P_F
+    depends on (configuration, step) and two histories that reach the same configuration in as many
+    steps see the same prompt. The GFlowNet itself is the tree of action sequences (log P_B = 0),
+    because the objects are plans, not configurations: FoR's reward is a function of the plan (the
+    likelihood bonus scores every step) and its metrics count distinct plans; the exclusion of
+    taken actions from A(s) also makes P_F depend on the history. With log P_B = 0 the sampler
+    targets P(plan) ∝ R(plan) exactly; uniform P_B = 1/|Pa(configuration)| would instead need R to
+    be a function of the configuration, and at depth t it would spread mass over parents that are
+    not reachable in t steps (at t = 1 the only parent is s_0). This is also what FoR's code
+    computes: it passes the last sample's scalar log_bf (`log_bf=log_bf`, :257, not LOG_BF) to its
+    log-variance TB, where a constant cancels in the batch mean.
+
+    Deviations kept (reasons): no PlanBench intro and no 1-shot example before the statement (FoR
+    prepends both, several hundred tokens; hyflow's default model is SmolLM2-135M on 2 CPU cores, where every
+    candidate row carries the prompt); the exact symbolic world model instead of the LLM-predicted
+    transitions; one prompt for P_F and the likelihood bonus (FoR scores the bonus with a 4-shot
+    prompt); A(s) without taken actions for sampling *and* training (FoR samples without them,
+    :501, but trains a softmax over all applicable actions): the trained P_F is the one sampled."""
+    name = "blocksworld"
 
     def __init__(self, n_blocks: Sequence[int] = (3, 4, 5), plan_lengths: Sequence[int] = (2,), slack: int = 0):
         self.n_blocks, self.plan_lengths, self.slack = list(n_blocks), list(plan_lengths), slack
@@ -117,7 +167,12 @@ class BlocksWorldDomain(ForDomain):
         return n_actions >= problem.optimal_length + self.slack or bw.is_goal(problem, state)
 
     def prompt(self, problem, taken):
-        return bw.to_text(problem) + "".join(a + "\n" for a in taken)
+        """FoR's statement with the current configuration as the initial conditions and the step
+        t = len(taken) (see the class docstring); the action text follows "ACTION t:\\n"."""
+        t, state = len(taken), self.walk(problem, taken)[-1]
+        return (f"[STATEMENT]\nSTATE {t}: As initial conditions I have that, {bw.describe_state(state)}.\n"
+                f"My goal is to have that {bw.describe_goal(problem.goal)}.\n\nMy plan is as follows:\n\n"
+                f"[PLAN]\nACTION {t}:\n")
 
     def reward(self, problem, state, taken):
         return bw.for_reward(problem, state)
@@ -127,9 +182,6 @@ class BlocksWorldDomain(ForDomain):
 
     def correct(self, problem, taken):
         return bw.check_plan(problem, list(taken))
-
-    def num_parents(self, problem, state):
-        return bw.num_parents(state)
 
     def ll_bonus(self, step_lls, step_tokens):
         return float(sum(-1.0 / min(ll, -1e-6) for ll in step_lls))
@@ -144,7 +196,15 @@ class Game24Domain(ForDomain):
     """Game of 24 (FoR §4): three steps "a op b = c (left: ...)" on the remaining multiset; the
     prompt holds the steps so far (a tree: log P_B = 0). A(s) = every distinct step with a
     non-negative result (+, *, larger − smaller, a/b, b/a). R = 100 when 24 is left, else 0.001;
-    energy −log(0.001 + 1[the rest can still make 24]); ll bonus = exp(mean token ll)^(1/0.7)."""
+    energy −log(0.001 + 1[the rest can still make 24]); ll bonus = exp(mean token ll)^(1/0.7).
+
+    Deviation kept: FoR-BlocksWorld-style training on Game24. FoR's Game24 is offline TB over
+    fixed trajectories (Game24/data/train.json) with one global log Z and no reward temperature
+    (Game24/lightning_module.py:264 `torch.log(rewards + ll_rewards)` goes straight into tb_loss);
+    hyflow samples online over the enumerated candidates with replay, local search and a
+    per-problem log Z (so no training-trajectory file is needed, and log Z need not fit puzzles of
+    different difficulty at once). Its reward temperature follows BlocksWorld's rule (multiply,
+    untempered P_F at 1); configs/for_game24.yaml sets it to [1, 1], FoR's Game24 (none)."""
     name = "game24"
 
     def __init__(self, source: str = "tot"):
@@ -214,8 +274,20 @@ class ProntoQADomain(ForDomain):
     does a claim about a property or hops + slack steps. Reward: FoR's rule reward (sum mode)
     λ·(ε + 20·k), k = valid derivations while every earlier step was valid, plus 20·hops when the
     last claim decides the query (its property, either polarity). Without that term a chain that
-    walks past the query's concept and ends on another property scores as much as the proof."""
+    walks past the query's concept and ends on another property scores as much as the proof
+    (a deliberate deviation from FoR's reward, which has no such term).
+
+    FoR PrOntoQA rules (prontoqa/lightning_module.py): the reward temperature *divides* log R
+    (:236 `LOG_R * (1 / self.reward_temperature)`: τ_R 1 → 2 flattens the target), untempered
+    trajectories sample P_F at 0.7 (:154 `pf_temp = 0.7`), validation samples at 0.5 (:469
+    `temperature=0.5` in validation_step, after one greedy sample), and local search keeps all but
+    the last action of the best trajectory (:607 `if step < len(past_actions)-1`). Deviations kept
+    (reasons): P_F samples from the softmax of the summed token log-probs it trains (FoR samples
+    from mean-token log-probs, :749, but trains the sum, :1001); A(s) without used rules for
+    sampling and training (FoR trains a softmax over all rules); the symbolic world model and rule
+    checks instead of the LLM world model and the gold-plan checks of FoR's local search."""
     name = "prontoqa"
+    reward_temp_mode, untempered_pf_temp, val_pf_temp = "divide", 0.7, 0.5
 
     def __init__(self, hops: Sequence[int] = (3,), slack: int = 1):
         self.hops, self.slack = list(hops), slack
@@ -279,6 +351,10 @@ class ProntoQADomain(ForDomain):
 
     def correct(self, problem, taken):
         return pq.check_proof(problem, self.proof_text(problem, taken))
+
+    def local_search_keep(self, n_actions):
+        """All but the last action (FoR prontoqa/lightning_module.py:607)."""
+        return max(n_actions - 1, 0)
 
 
 def _form(example, sentence: str):

@@ -212,9 +212,14 @@ def gold_steps(numbers) -> list[str] | None:
 # ----------------------------------------------------------------------------- steps
 
 _NUM = r"[-−]?\d+(?:\.\d+)?(?:/\d+)?"
+_NUM_RE = re.compile(_NUM)
 _OP = r"[-+*/x×÷−]"
+# The "left" list is captured as `[^()]*` and split afterwards: a repeated group of numbers with
+# optional separators, ((?:NUM[\s,]*)*), splits a digit run in exponentially many ways when the
+# match fails ("(left: 111...1x)"). "(?:\.\s*)?" rather than "\.?\s*" after "\s*": no two
+# adjacent \s* (quadratic on a run of spaces). Every part is linear in the (capped) line length.
 _STEP_RE = re.compile(rf"^\s*({_NUM})\s*({_OP})\s*({_NUM})\s*=\s*({_NUM})\s*"
-                      rf"\(\s*left\s*:\s*((?:{_NUM}[\s,]*)*)\)\s*\.?\s*$", re.IGNORECASE)
+                      rf"\(\s*left\s*:([^()]*)\)\s*(?:\.\s*)?$", re.IGNORECASE)
 _OPS = {"+": "+", "-": "-", "−": "-", "*": "*", "x": "*", "X": "*", "×": "*", "/": "/", "÷": "/"}
 
 
@@ -228,7 +233,8 @@ def format_step(a, op: str, b, remaining) -> str:
 def check_step(remaining, step_text: str) -> tuple[Fraction, ...] | None:
     """The new remaining multiset (sorted Fractions) if `step_text` is a valid step from
     `remaining`: a and b are available (as a multiset), a op b == c exactly, and "left" lists
-    exactly remaining - {a, b} + {c}. None for anything else (never raises on bad text)."""
+    exactly remaining - {a, b} + {c}. None for anything else (never raises on bad text; linear in
+    the text, which is capped at MAX_EXPRESSION_CHARS)."""
     try:
         if not isinstance(step_text, str) or len(step_text) > MAX_EXPRESSION_CHARS:
             return None
@@ -247,6 +253,8 @@ def check_step(remaining, step_text: str) -> tuple[Fraction, ...] | None:
             return None
         pool[c] += 1
         left = re.split(r"[\s,]+", m.group(5).strip()) if m.group(5).strip() else []
+        if not all(_NUM_RE.fullmatch(x) for x in left):
+            return None
         claimed = Counter(_as_fraction(x) for x in left)
         if +pool != claimed:
             return None
@@ -256,7 +264,9 @@ def check_step(remaining, step_text: str) -> tuple[Fraction, ...] | None:
 
 
 def check_steps(numbers, steps_text: str | Sequence[str]) -> bool:
-    """A whole step trajectory: every non-empty line a valid step, ending with only 24 left."""
+    """A whole step trajectory: every non-empty line a valid step, ending with only 24 left.
+    False for anything else (bad numbers, non-str lines, more than 16 steps); never raises on the
+    steps; linear in their length (each line goes through check_step)."""
     try:
         lines = steps_text.splitlines() if isinstance(steps_text, str) else list(steps_text)
         state = parse_numbers(numbers)
@@ -277,7 +287,10 @@ def check_steps(numbers, steps_text: str | Sequence[str]) -> bool:
 # ----------------------------------------------------------------------------- expressions
 
 _EXPR_CHARS = re.compile(r"^[0-9+\-*/() \t]*$")
-_ANSWER_RE = re.compile(r"^\s*(?:answer\s*:\s*)?(.*?)\s*(?:=\s*24\s*\.?)?\s*$", re.IGNORECASE | re.DOTALL)
+# An optional "Answer:" prefix and "= 24" suffix, stripped in two anchored steps (a single
+# `^\s*(?:answer:)?(.*?)\s*(?:=24)?\s*$` backtracks cubically over runs of spaces).
+_ANSWER_PREFIX_RE = re.compile(r"answer\s*:", re.IGNORECASE)
+_ANSWER_SUFFIX_RE = re.compile(r"=\s*24\s*\.?$")
 _BINOPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
 
 
@@ -307,7 +320,13 @@ def _parse(expression: str) -> tuple[ast.AST, list[int]]:
         raise ValueError(f"expression must be a str, got {type(expression).__name__}")
     if len(expression) > MAX_EXPRESSION_CHARS:
         raise ValueError(f"expression longer than {MAX_EXPRESSION_CHARS} characters")
-    body = _ANSWER_RE.match(expression).group(1)
+    body = expression.strip()
+    prefix = _ANSWER_PREFIX_RE.match(body)
+    if prefix:
+        body = body[prefix.end():]
+    suffix = _ANSWER_SUFFIX_RE.search(body)
+    if suffix:
+        body = body[:suffix.start()]
     for src, dst in (("−", "-"), ("×", "*"), ("x", "*"), ("X", "*"), ("÷", "/")):
         body = body.replace(src, dst)
     # The whitelist runs before the parser sees anything: no letters, quotes, dots or brackets.
@@ -324,7 +343,8 @@ def _parse(expression: str) -> tuple[ast.AST, list[int]]:
 
 def parse_expression(expression: str) -> ast.AST:
     """The AST of a Game24 expression (optional "Answer:" prefix, optional "= 24" suffix).
-    ValueError for anything other than integers, + - * / and parentheses."""
+    ValueError (and nothing else) for anything other than integers, + - * / and parentheses, or
+    text over MAX_EXPRESSION_CHARS; the text is whitelisted before Python's parser sees it."""
     return _parse(expression)[0]
 
 

@@ -10,6 +10,13 @@ The N members of a group get the same seed and so the same task and initial stat
 and GiGPO compare. Failure contract: an env whose `reset`/`step` raises, or does not answer
 within `step_timeout_s`, ends its episode (done=True, reward 0, `info["env_error"]` holds the
 reason) and is counted in `errors`; its actor is replaced at the next reset. The others go on.
+
+Placement: by default each env actor asks `num_cpus` of the cluster's free CPUs. Inside a trainer,
+pass `actor_options` (one `{num_cpus, scheduling_strategy}` per env, e.g. from
+`ResourcePool.helper_slots(...).take(n)`) so the envs run in a share reserved in the trainer's
+placement group and never wait for CPUs the trainer's workers hold. Envs that cannot be scheduled
+fail the constructor within `schedule_timeout_s` with an error naming the resources asked for and
+those the cluster has.
 """
 from __future__ import annotations
 
@@ -47,19 +54,33 @@ class _EnvHost:
     def step(self, action: str) -> tuple:
         return self.env.step(action)
 
+    def ready(self) -> bool:
+        return True
+
 
 class EnvManager:
     def __init__(self, env_name: str, env_kwargs: dict | None, n_groups: int, group_size: int,
-                 num_cpus: float = 0.1, step_timeout_s: float = 60.0):
+                 num_cpus: float = 0.1, step_timeout_s: float = 60.0, actor_options: list[dict] | None = None,
+                 schedule_timeout_s: float = 60.0):
+        from orchestrator.resources import await_actors
+
         if n_groups < 1 or group_size < 1:
             raise ValueError(f"need n_groups >= 1 and group_size >= 1, got {n_groups} and {group_size}")
         self.env_name, self.env_kwargs = env_name, dict(env_kwargs or {})
         self.n_groups, self.group_size = n_groups, group_size
         self.num_cpus, self.step_timeout_s = num_cpus, step_timeout_s
+        if actor_options is not None and len(actor_options) != self.size:
+            raise ValueError(f"actor_options has {len(actor_options)} entries for {self.size} envs")
+        self._options = actor_options or [{"num_cpus": num_cpus}] * self.size
         self.errors = 0
-        self._remote = ray.remote(num_cpus=num_cpus, max_restarts=0)(_EnvHost)
-        self._actors: list = [self._spawn() for _ in range(self.size)]
+        self._remote = ray.remote(max_restarts=0)(_EnvHost)
+        self._actors: list = [self._spawn(i) for i in range(self.size)]
         self._broken: set[int] = set()
+        # Fail fast when Ray cannot place the envs (a reset would only time out, env by env).
+        ready = [a.ready.remote() for a in self._actors]
+        await_actors(self._actors, ready, f"env {env_name!r} ({self.size} actors)",
+                     {"CPU": self._options[0]["num_cpus"]}, timeout_s=max(schedule_timeout_s, step_timeout_s),
+                     schedule_timeout_s=schedule_timeout_s)
 
     @property
     def size(self) -> int:
@@ -68,8 +89,8 @@ class EnvManager:
     def group_of(self, env_index: int) -> int:
         return env_index // self.group_size
 
-    def _spawn(self):
-        return self._remote.remote(self.env_name, self.env_kwargs)
+    def _spawn(self, i: int):
+        return self._remote.options(**self._options[i]).remote(self.env_name, self.env_kwargs)
 
     def reset(self, seeds: list[int]) -> list[EnvResult]:
         """Start an episode in every env; env i plays `seeds[i // group_size]`."""
@@ -77,7 +98,7 @@ class EnvManager:
             raise ValueError(f"reset needs one seed per group ({self.n_groups}), got {len(seeds)}")
         for i in sorted(self._broken):  # replace actors that crashed or hung last time
             ray.kill(self._actors[i])  # no-op when already killed
-            self._actors[i] = self._spawn()
+            self._actors[i] = self._spawn(i)
         self._broken.clear()
         calls = {i: self._actors[i].reset.remote(int(seeds[self.group_of(i)])) for i in range(self.size)}
         out = self._collect(calls, "reset")

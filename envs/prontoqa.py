@@ -102,7 +102,10 @@ _FACT_RE = re.compile(r"^([a-z0-9-]+) is (not )?(?:(an?) )?([a-z-]+)$")
 
 
 def parse_sentence(sentence: str, concepts: Sequence[str], properties: Sequence[str]):
-    """Rule / Fact for a sentence over the given vocabulary, None when it is neither."""
+    """Rule / Fact for a sentence over the given vocabulary, None when it is neither (or not a
+    str). Never raises on any sentence; linear in its length (anchored regexes on single words)."""
+    if not isinstance(sentence, str):
+        return None
     t = " ".join(sentence.strip().lower().rstrip(".").split())
     concepts, properties = set(concepts), set(properties)
 
@@ -206,8 +209,11 @@ def _context(example: Example) -> tuple[set[Fact], set[Rule]]:
     return {f for f in forms if isinstance(f, Fact)}, {r for r in forms if isinstance(r, Rule)}
 
 
-_PREFIX_RE = re.compile(r"^(?:(?:claim|next|step)\s*[\d.]*\s*:\s*)", re.IGNORECASE)
-_LABEL_RE = re.compile(r"^(?:(?:so\s*,?\s*)?the answer is|answer\s*:)?\s*(true|false)\s*\.?$", re.IGNORECASE)
+# No two \s* around an optional piece ("\s*[\d.]*\s*", "so\s*,?\s*"): on a run of n spaces
+# that fails to match they try n^2 splits. The forms below accept the same strings in linear time.
+_PREFIX_RE = re.compile(r"^(?:claim|next|step)\s*(?:[\d.]+\s*)?:\s*", re.IGNORECASE)
+_LABEL_RE = re.compile(r"^(?:(?:so\s*(?:,\s*)?)?the answer is|answer\s*:)?\s*(true|false)\s*\.?$",
+                       re.IGNORECASE)
 
 
 def split_proof(proof_text: str | Sequence[str]) -> tuple[list[str], str | None]:
@@ -251,7 +257,8 @@ def _replay(example: Example, sentences: Sequence[str]) -> tuple[int, int, set[F
 def check_proof(example: Example, proof_text) -> bool:
     """True iff the stated label equals the example's label, every sentence is valid (context or
     one modus-ponens step), and the proof establishes the queried property of the entity (or its
-    negation) matching the label. Never raises on bad input."""
+    negation) matching the label. False for bad input (non-str/sequence, over MAX_PROOF_CHARS);
+    never raises on the proof; linear in its length."""
     try:
         if not isinstance(proof_text, (str, list, tuple)):
             return False
@@ -273,7 +280,10 @@ def check_proof(example: Example, proof_text) -> bool:
 
 def valid_steps(example: Example, proof_text) -> int:
     """New valid derivations ("Rex is a yumpus.") before the first invalid sentence; restating
-    context sentences is valid but earns nothing."""
+    context sentences is valid but earns nothing. 0 for bad input (non-str/sequence, a text over
+    MAX_PROOF_CHARS); never raises on the proof."""
+    if isinstance(proof_text, str) and len(proof_text) > MAX_PROOF_CHARS:
+        return 0
     try:
         sentences, _ = split_proof(proof_text)
         return _replay(example, sentences)[1]

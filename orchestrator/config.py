@@ -278,13 +278,15 @@ class ForConfig:
     epsilon: list[float] = _f([0.3, 0.01], "epsilon-uniform exploration [start, end]")
     pf_temp_prob: float = _f(0.5, "probability that a trajectory samples from the tempered P_F")
     pf_temp: list[float] = _f([2.0, 1.0], "P_F sampling temperature of tempered trajectories [start, end]")
-    reward_temp: list[float] = _f([1.0, 2.0], "reward temperature [start, end]: log R is multiplied by it")
+    reward_temp: list[float] = _f([1.0, 2.0], "reward temperature [start, end], applied by the domain's FoR rule: "
+                                  "log R x tau (blocksworld, game24) or log R / tau (prontoqa)")
     schedule_frac: float = _f(0.5, "schedules reach their end value after this fraction of trainer.total_steps")
     reward_floor: float = _f(0.1, "log R = log(max(R, reward_floor)): no goal fact met gives R = 0")
     local_search_tries: int = _f(16, "local-search completions of the best trajectory per problem (0 = off)")
     logz_lr: float = _f(0.01, "Adam learning rate of the per-problem log Z (objective tb)")
     val_problems: int = _f(0, "held-out problems for validation (0 = none)")
     val_samples: int = _f(8, "trajectories per validation problem (accuracy = >= 1 correct among them)")
+    gradient_sign: Literal[1.0, -1.0] = _f(1.0, "-1 reverses the objective's gradient (a check that a learning run can fail)")
 
     def validate(self) -> None:
         _check(self.num_problems >= 1, "for_.num_problems", f"must be >= 1, got {self.num_problems}")
@@ -321,7 +323,9 @@ class TrainerConfig:
     save_every: int = _f(0, "checkpoint every this many steps (0 = at the end only)")
     resume: bool = _f(False, "continue from the newest checkpoint in output_dir (weights, optimizer, data cursor, "
                              "step); a fresh start when there is none")
-    val_every: int = _f(0, "validate every this many steps (0 = never)")
+    overwrite: bool = _f(False, "start afresh in a non-empty output_dir, deleting the outputs of the run there")
+    keep_last: int = _f(0, "keep only the newest this many checkpoints (0 = keep all)")
+    val_every: int = _f(0, "also validate every this many steps (0 = only before the first and after the last step)")
     seed: int = _f(0, "seed for sampling and model init")
     progress: bool = _f(True, "show a progress bar")
     log_every: int = _f(1, "log metrics every this many steps")
@@ -332,6 +336,9 @@ class TrainerConfig:
         _check(bool(self.output_dir.strip()), "trainer.output_dir", "must not be empty")
         _check(self.save_every >= 0, "trainer.save_every", f"must be >= 0, got {self.save_every}")
         _check(self.val_every >= 0, "trainer.val_every", f"must be >= 0, got {self.val_every}")
+        _check(self.keep_last >= 0, "trainer.keep_last", f"must be >= 0, got {self.keep_last}")
+        _check(not (self.resume and self.overwrite), "trainer.overwrite",
+               "and trainer.resume are both true; choose one")
         _check(self.log_every >= 1, "trainer.log_every", f"must be >= 1, got {self.log_every}")
 
 

@@ -1,6 +1,6 @@
 """`hyflow eval`: greedy held-out evaluation of a model or checkpoint on a recipe's task.
 
-    hyflow eval configs/gigpo_alfworld.yaml --checkpoint runs/gigpo_alfworld/checkpoints/step_20/hf env.val_groups=128
+    hyflow eval configs/gigpo_alfworld.yaml --checkpoint runs/gigpo_alfworld/checkpoints/step_20 env.val_groups=128
 
 Reports math accuracy, or agent success overall and per task type (and the env's own score),
 as one JSON object on stdout. Only rollout engines are started: no trainer, no optimizer.
@@ -8,13 +8,46 @@ as one JSON object on stdout. Only rollout engines are started: no trainer, no o
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 
 from orchestrator.config import Config
 from orchestrator.model_prep import resolve_model_path
 from orchestrator.resources import ResourcePool, init_ray
 from orchestrator.tasks import make_task, sampling_meta
 from orchestrator.worker_group import WorkerGroup
+from workers.quiet import ENGINE_ENV
 from workers.rollout import RolloutWorker, trim_padding
+
+
+class CheckpointError(ValueError):
+    """--checkpoint does not name a model folder; the message says what is missing."""
+
+
+def resolve_checkpoint(path: str) -> str:
+    """An HF model folder to evaluate: `path` itself, or a checkpoint's `hf/` (checkpoints/step_N).
+    Raises CheckpointError naming what the folder lacks."""
+    p = Path(path)
+    if not p.is_dir():
+        raise CheckpointError(f"--checkpoint {path}: no such folder")
+    candidates = [p, p / "hf"]
+    for c in candidates:
+        if (c / "config.json").is_file():
+            missing = model_folder_missing(c)
+            if missing:
+                raise CheckpointError(f"--checkpoint {path}: {c} is incomplete, it lacks {', '.join(missing)}")
+            return str(c)
+    raise CheckpointError(f"--checkpoint {path}: neither it nor {p / 'hf'} is an HF model folder (no config.json); "
+                          f"pass a checkpoint folder (runs/NAME/checkpoints/step_N) or its hf/ subfolder")
+
+
+def model_folder_missing(folder: Path) -> list[str]:
+    """What an HF causal-LM folder lacks to be loaded: weights and tokenizer files."""
+    missing = []
+    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+        missing.append("weights (*.safetensors)")
+    if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer_config.json").is_file():
+        missing.append("tokenizer files (tokenizer.json / tokenizer_config.json)")
+    return missing
 
 
 def evaluate(cfg: Config, checkpoint: str | None = None) -> dict:
@@ -30,11 +63,12 @@ def evaluate(cfg: Config, checkpoint: str | None = None) -> dict:
         engine_kwargs=dict(dtype=ro.dtype, max_model_len=ro.max_model_len, kv_cache_gb=ro.kv_cache_gb,
                            gpu_memory_utilization=ro.gpu_memory_utilization)),
         name="rollout", num_cpus_per_worker=cfg.actor.cpus_per_worker * 0.9, call_timeout_s=r.call_timeout_s,
-        env={"OMP_NUM_THREADS": str(max(1, int(cfg.actor.cpus_per_worker)))})
+        env={**ENGINE_ENV, "OMP_NUM_THREADS": str(max(1, int(cfg.actor.cpus_per_worker)))})
     task = None
     try:
         rollout.setup()
-        task = make_task(cfg, tokenizer, partial(sampling_meta, ro, tokenizer.eos_token_id), train=False)
+        task = make_task(cfg, tokenizer, partial(sampling_meta, ro, tokenizer.eos_token_id), train=False,
+                         helpers=pool.helper_slots(cfg.actor.cpus_per_worker * 0.1))
         metrics = task.validate(lambda prompts: trim_padding(rollout.generate(prompts)))
         return {"model": model_path, **metrics}
     finally:

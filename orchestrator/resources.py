@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from workers.quiet import PYTHON_WARNINGS
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # Environment every worker process gets (see shared/reference/stack.md for why each one).
@@ -22,9 +24,11 @@ WORKER_ENV = {
     "HF_HUB_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),  # engine INFO lines drown the run's
     "TRANSFORMERS_VERBOSITY": os.environ.get("TRANSFORMERS_VERBOSITY", "error"),
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    # Known-harmless library notices are dropped at their source (workers/quiet.py says why each).
+    "VLLM_LOGGING_CONFIG_PATH": os.environ.get("VLLM_LOGGING_CONFIG_PATH", str(REPO_ROOT / "workers" / "vllm_logging.json")),
+    "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", PYTHON_WARNINGS),
 }
 
 
@@ -115,6 +119,11 @@ class ResourcePool:
         table = placement_group_table(self.pg)["bundles_to_node_id"]
         return [table[i] for i in range(self.n_bundles)]
 
+    def helper_slots(self, cpus_per_bundle: float) -> "HelperSlots":
+        """A share of every bundle set aside for small helper actors (env actors, ...): they are
+        scheduled inside this pool, so they never wait for CPUs the pool has already taken."""
+        return HelperSlots(self, cpus_per_bundle)
+
     def shutdown(self) -> None:
         import ray
         if self.pg is not None:
@@ -124,6 +133,86 @@ class ResourcePool:
     def __repr__(self) -> str:
         return (f"ResourcePool({self.name!r}, {self.n_bundles} x CPU {self.cpus_per_bundle}"
                 f"{f' GPU {self.gpus_per_bundle}' if self.gpus_per_bundle else ''}, {self.strategy})")
+
+
+class HelperSlots:
+    """Scheduling options for helper actors inside a pool's reserved share.
+
+        slots = pool.helper_slots(0.1)                  # 0.1 CPU of each bundle, not given to workers
+        opts = slots.take(12)                           # 12 actors: [{num_cpus, scheduling_strategy}]
+        ray.remote(MyEnv).options(**opts[0]).remote()
+
+    The reserve of each bundle is split evenly among the actors placed on it (round-robin over the
+    bundles). `take` hands out the reserve once: a second call gets only what is left, and asking
+    for more than is left raises, naming what was asked and what is left.
+    """
+
+    MIN_CPUS = 1e-3  # Ray's resource granularity is 1e-4; keep well above it
+
+    def __init__(self, pool: ResourcePool, cpus_per_bundle: float):
+        if not 0 < cpus_per_bundle <= pool.cpus_per_bundle:
+            raise ValueError(f"HelperSlots: cpus_per_bundle must be in (0, {pool.cpus_per_bundle}], got {cpus_per_bundle}")
+        self.pool, self.cpus_per_bundle = pool, float(cpus_per_bundle)
+        self.left = [self.cpus_per_bundle] * pool.n_bundles
+
+    def take(self, n_actors: int) -> list[dict]:
+        n = self.pool.n_bundles
+        if n_actors < 1:
+            raise ValueError(f"HelperSlots.take: n_actors must be >= 1, got {n_actors}")
+        per_bundle = -(-n_actors // n)
+        share = min(self.left) / per_bundle
+        share = int(share * 1e4) / 1e4  # Ray rounds to 1e-4: round down so the sum fits
+        if share < self.MIN_CPUS:
+            raise RuntimeError(
+                f"pool {self.pool.name!r}: {n_actors} helper actors do not fit in the {min(self.left):.4f} CPU "
+                f"left of the reserved {self.cpus_per_bundle} CPU per bundle ({n} bundles); "
+                f"lower the number of envs or raise the reserve")
+        counts = [len(range(b, n_actors, n)) for b in range(n)]
+        self.left = [left - c * share for left, c in zip(self.left, counts)]
+        return [{"num_cpus": share, "scheduling_strategy": self.pool.strategy_for(i % n)} for i in range(n_actors)]
+
+
+class SchedulingError(RuntimeError):
+    """Ray cannot place an actor: the resources it asks for are not free anywhere in the cluster."""
+
+
+def unplaced(actors: list) -> list[int]:
+    """Indices of `actors` that Ray has not placed on any worker yet (state PENDING_CREATION with
+    no process): waiting for resources, as opposed to placed and still running `__init__`."""
+    from ray._private import state
+    out = []
+    for i, actor in enumerate(actors):
+        info = state.actors(actor_id=actor._actor_id.hex()) or {}
+        if info.get("State") in ("PENDING_CREATION", "DEPENDENCIES_UNREADY") and not info.get("Pid"):
+            out.append(i)
+    return out
+
+
+def scheduling_error(label: str, n_waiting: int, asked: dict) -> SchedulingError:
+    import ray
+    return SchedulingError(
+        f"{label}: {n_waiting} actor(s) could not be scheduled; each asks {asked}, the cluster has "
+        f"available {_rounded(ray.available_resources())} of total {_rounded(ray.cluster_resources())}")
+
+
+def await_actors(actors: list, ready_refs: list, label: str, asked: dict, timeout_s: float,
+                 schedule_timeout_s: float = 60.0) -> None:
+    """Wait until each actor's `ready_refs[i]` (a call queued behind its `__init__`) is done (its
+    value or error is then read by the caller). Fails fast with a `SchedulingError` naming the resources asked and those the cluster has
+    when an actor is still unplaced after `schedule_timeout_s`; a `TimeoutError` after `timeout_s`."""
+    import ray
+    t0 = time.monotonic()
+    waiting = list(ready_refs)
+    while waiting:
+        elapsed = time.monotonic() - t0
+        if elapsed >= timeout_s:
+            return  # the caller's own wait names the silent ones
+        _, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=min(2.0, timeout_s - elapsed))
+        if waiting and time.monotonic() - t0 >= schedule_timeout_s:
+            index = {ref: i for i, ref in enumerate(ready_refs)}
+            stuck = unplaced([actors[index[r]] for r in waiting])
+            if stuck:
+                raise scheduling_error(label, len(stuck), asked)
 
 
 def _rounded(resources: dict[str, float]) -> dict[str, float]:

@@ -63,7 +63,10 @@ class PromptTask:
 
 
 class AgentTask:
-    def __init__(self, cfg, tokenizer, sampling_meta, train: bool = True):
+    """`helpers`: a `HelperSlots` reserve of the trainer's placement group; the env actors run in
+    it (None: they ask the cluster's free CPUs, `env.cpus_per_env` each)."""
+
+    def __init__(self, cfg, tokenizer, sampling_meta, train: bool = True, helpers=None):
         from envs.base import get_env
         from envs.manager import EnvManager
 
@@ -74,10 +77,13 @@ class AgentTask:
             factory.prepare(**e.kwargs)
         self.loop = AgentLoopConfig(max_steps=e.max_steps, history_length=e.history_length,
                                     invalid_penalty=e.invalid_penalty, max_prompt_tokens=cfg.data.max_prompt_tokens)
+        sizes = (cfg.data.batch_size * cfg.rollout.n if train else 0, e.val_groups)
+        opts = helpers.take(sum(sizes)) if helpers is not None else None
         self.train_envs = EnvManager(e.name, e.kwargs, cfg.data.batch_size, cfg.rollout.n, e.cpus_per_env,
-                                     e.step_timeout_s) if train else None
-        self.val_envs = EnvManager(e.name, e.kwargs, e.val_groups, 1, e.cpus_per_env, e.step_timeout_s) \
-            if e.val_groups else None
+                                     e.step_timeout_s, opts and opts[:sizes[0]]) if train else None
+        self.val_envs = EnvManager(e.name, e.kwargs, e.val_groups, 1, e.cpus_per_env, e.step_timeout_s,
+                                   opts and opts[sizes[0]:]) if e.val_groups else None
+        self.show_progress = cfg.trainer.progress
         self.episodes = 0  # the data cursor: groups played so far
 
     def _play(self, envs, generate, seeds, greedy: bool, step: int):
@@ -91,13 +97,21 @@ class AgentTask:
 
         encode = lambda msgs: encode_prompt(self.tok, msgs, self.cfg.model.chat_template)  # noqa: E731
         decode = lambda ids: self.tok.decode(ids, skip_special_tokens=True)  # noqa: E731
-        return run_episodes(envs, gen, encode, decode, seeds, self.loop)
+        from tqdm import tqdm
+        with tqdm(total=envs.size, desc="validation episodes" if greedy else "rollout episodes", unit="ep",
+                  leave=False, disable=not self.show_progress, dynamic_ncols=True, position=1) as bar:
+            def progress(done: int, total: int, turn: int) -> None:
+                bar.set_postfix_str(f"turn {turn}/{self.loop.max_steps}")
+                bar.update(done - bar.n)
+            return run_episodes(envs, gen, encode, decode, seeds, self.loop, progress=progress)
 
     def collect(self, generate, step: int) -> tuple[Batch, dict]:
         g = self.cfg.data.batch_size
         seeds = [self.cfg.env.seed + self.episodes + k for k in range(g)]
         self.episodes += g
         samples, episodes = self._play(self.train_envs, generate, seeds, False, step)
+        if not samples:
+            raise RuntimeError(empty_batch_reason(episodes, self.train_envs))
         batch = samples_to_batch(samples, episodes, step, self.tok.pad_token_id or 0)
         metrics = episode_metrics(episodes, "env")
         metrics.update({"env/invalid_action_ratio": float(np.mean([not s.valid for s in samples])),
@@ -124,9 +138,22 @@ class AgentTask:
                 envs.close()
 
 
+def empty_batch_reason(episodes: list[dict], envs) -> str:
+    """Why an agent rollout produced no step samples: every episode ended at reset."""
+    errors = [e["error"] for e in episodes if e.get("error")]
+    why = (f"{len(errors)} of {len(episodes)} env resets failed (first: {errors[0]})" if errors
+           else f"all {len(episodes)} episodes were done at reset")
+    return (f"the agent rollout produced no step samples: {why}. Env actors that cannot be scheduled or "
+            f"that time out at reset end their episode (env {envs.env_name!r}, env.step_timeout_s="
+            f"{envs.step_timeout_s:g}); check the env's kwargs and the cluster's free CPUs.")
+
+
 def samples_to_batch(samples, episodes, step: int, pad_token_id: int) -> Batch:
-    """Step samples -> the trainer layout; `scores` = the trajectory's return (minus this step's
-    invalid-action penalty), `step_rewards` = the step's own reward (GiGPO discounts them)."""
+    """Step samples -> the trainer layout: `step_rewards` = the env's reward for the step (GiGPO
+    discounts them), `penalties` = the step's invalid-action penalty, `scores` = the trajectory's
+    env return minus this step's penalty (verl-agent applies the penalty after discounting)."""
+    if not samples:
+        raise ValueError("samples_to_batch: no step samples (see empty_batch_reason)")
     ret = {e["traj"]: e["return"] for e in episodes}
     P = max(len(s.prompt_ids) for s in samples)
     R = max(max(len(s.response_ids) for s in samples), 1)
@@ -139,8 +166,9 @@ def samples_to_batch(samples, episodes, step: int, pad_token_id: int) -> Batch:
         "anchors": np.array([s.anchor for s in samples], dtype=object),
         "finish_reason": np.array([s.finish_reason for s in samples], dtype=object),
     })
-    b["step_rewards"] = torch.tensor([s.reward for s in samples], dtype=torch.float32)
-    b["scores"] = torch.tensor([ret[s.traj] - (s.env_reward - s.reward) for s in samples], dtype=torch.float32)
+    b["step_rewards"] = torch.tensor([s.env_reward for s in samples], dtype=torch.float32)
+    b["penalties"] = torch.tensor([s.penalty for s in samples], dtype=torch.float32)
+    b["scores"] = torch.tensor([ret[s.traj] - s.penalty for s in samples], dtype=torch.float32)
     return b
 
 
@@ -158,9 +186,9 @@ def episode_metrics(episodes: list[dict], prefix: str) -> dict:
     return out
 
 
-def make_task(cfg, tokenizer, sampling_meta, train: bool = True):
+def make_task(cfg, tokenizer, sampling_meta, train: bool = True, helpers=None):
     if cfg.env.name:
-        return AgentTask(cfg, tokenizer, sampling_meta, train=train)
+        return AgentTask(cfg, tokenizer, sampling_meta, train=train, helpers=helpers)
     return PromptTask(cfg, tokenizer, sampling_meta)
 
 

@@ -22,10 +22,11 @@ import algorithms
 from algorithms.kl_control import make_kl_controller, mean_sequence_kl, token_rewards_with_kl
 from orchestrator.batch import Batch
 from orchestrator.checkpoint import checkpoint_dir, list_checkpoints, load_trainer_state, save_checkpoint
-from orchestrator.config import Config, save_yaml
+from orchestrator.config import Config
 from orchestrator.metrics import MetricsLog, Timer, console_line
 from orchestrator.model_prep import resolve_model_path
 from orchestrator.placement import Workers, build_workers
+from orchestrator.run_dir import open_run_dir
 from orchestrator.tasks import make_task, sampling_meta
 from workers.rollout import trim_padding
 
@@ -37,8 +38,7 @@ class Trainer:
         from transformers import AutoTokenizer
 
         self.cfg, self.run_dir = cfg, Path(cfg.trainer.output_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_yaml(cfg, self.run_dir / "config.yaml")
+        keep_rows = open_run_dir(cfg)  # refuses a used folder unless resume / overwrite; before Ray starts
         self.model_path = resolve_model_path(cfg.model.path)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.advantage = algorithms.get_advantage_estimator(cfg.algorithm.advantage)
@@ -50,8 +50,8 @@ class Trainer:
         self.w: Workers = build_workers(cfg, self.model_path, self.tokenizer, with_critic=needs_values)
         # Single-turn prompts or multi-turn env episodes (built after Ray is up: envs are actors).
         self.sampling_meta = partial(sampling_meta, cfg.rollout, self.tokenizer.eos_token_id)
-        self.task = make_task(cfg, self.tokenizer, self.sampling_meta)
-        self.metrics = MetricsLog(self.run_dir)
+        self.task = make_task(cfg, self.tokenizer, self.sampling_meta, helpers=self.w.helpers)
+        self.metrics = MetricsLog(self.run_dir, keep_through_step=keep_rows)
         self.global_step = 0
 
     # ------------------------------------------------------------------ one step
@@ -96,6 +96,7 @@ class Trainer:
         if self.global_step == 0:
             self.log_row({"step": 0, **self.validate()})
         bar = tqdm(range(self.global_step, cfg.trainer.total_steps), desc="train", unit="step",
+                   initial=self.global_step, total=cfg.trainer.total_steps,
                    disable=not cfg.trainer.progress, dynamic_ncols=True)
         with logging_redirect_tqdm():  # metric lines print above the bar, not through it
             last = self._loop(bar)
@@ -128,7 +129,8 @@ class Trainer:
     def save(self) -> Path:
         state = {"data": self.task.state_dict(), "seed": self.cfg.trainer.seed,
                  "kl_ctrl": self.kl_ctrl.state_dict() if self.kl_ctrl is not None else None}
-        return save_checkpoint(self.run_dir, self.global_step, self.w.actor, state, critic=self.w.critic)
+        return save_checkpoint(self.run_dir, self.global_step, self.w.actor, state, critic=self.w.critic,
+                               keep_last=self.cfg.trainer.keep_last)
 
     def load(self, step: int) -> None:
         """Continue from checkpoint `step` of this run directory: actor and critic (weights and
@@ -170,7 +172,7 @@ class Trainer:
         fields = {"group_ids": "uid", "mask": "response_mask"}
         out = {}
         for name in ("scores", "group_ids", "mask", "values", "token_rewards", "step_rewards", "traj_ids",
-                     "step_ids", "anchors", "step_state_ids"):
+                     "step_ids", "anchors", "step_state_ids", "penalties"):
             key = fields.get(name, name)
             if (name in params or open_kwargs) and key in batch:
                 out[name] = batch[key]

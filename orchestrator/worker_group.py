@@ -28,7 +28,7 @@ import ray
 import torch
 
 from orchestrator.batch import Batch
-from orchestrator.resources import ResourcePool, worker_env
+from orchestrator.resources import ResourcePool, await_actors, worker_env
 
 SINGLE_ROLE = "main"
 _SPEC_ATTR = "__hyflow_register__"
@@ -262,6 +262,8 @@ class WorkerGroup:
                              f"pool's {pool.world_size} bundles")
         nodes = [pool.bundle_nodes()[b] for b in bundles]
         self._actors = []
+        self._asked = {"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus else {}),
+                       "inside": f"a bundle {pool.bundles[0]} of pool {pool.name!r}"}
         for rank, bundle in enumerate(bundles):
             local_rank = nodes[:rank].count(nodes[rank])  # rank among the bundles on its node
             env_vars = worker_env({**(env or {}), "RANK": rank, "WORLD_SIZE": len(bundles),
@@ -329,6 +331,7 @@ class WorkerGroup:
     def _get_layouts(self, timeout_s: float | None = None) -> list[dict]:
         if self._layouts is None:
             t = self.call_timeout_s if timeout_s is None else timeout_s
+            await_actors(self._actors, self._layout_refs, f"WorkerGroup {self.name!r}", self._asked, t)
             layouts = _gather(f"{self.name} (actor start-up)", list(range(self.world_size)),
                               self._layout_refs, t)
             for role in self.roles:

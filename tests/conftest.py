@@ -28,10 +28,12 @@ def tiny_model_dir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """One local Ray cluster for the whole session, on loopback, small object store."""
+    """One local Ray cluster for the whole session, on loopback, small object store, with Ray's
+    default resources for this machine (its CPU count), the same as the CLI's: a recipe that fits
+    here fits a user's `hyflow train` on the same machine."""
     import ray
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=4, include_dashboard=False,
+        ray.init(address="local", include_dashboard=False,
                  object_store_memory=512 * 1024**2, log_to_driver=True,
                  runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}})
     yield ray

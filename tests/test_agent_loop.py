@@ -58,9 +58,18 @@ def test_episodes_samples_tags_and_penalty(ray_cluster, tok):
     traj2 = [s for s in samples if s.traj == 2]
     assert [s.step for s in traj2] == [0, 1, 2] and {s.group for s in traj2} == {1}
     assert [s.anchor for s in traj2] == [f"value {v}, target 3" for v in range(3)]   # the state acted in
-    assert not traj2[0].valid and traj2[0].reward == pytest.approx(-0.1) and traj2[0].env_reward == 0.0
-    assert traj2[1].valid and traj2[-1].reward == 10.0 and traj2[-1].done
+    # The penalty stays apart from the env reward (verl-agent applies it after discounting).
+    assert not traj2[0].valid and traj2[0].penalty == pytest.approx(0.1) and traj2[0].env_reward == 0.0
+    assert traj2[1].valid and traj2[1].penalty == 0.0 and traj2[-1].env_reward == 10.0 and traj2[-1].done
     assert all(s.valid for s in samples if s.group == 0)
+    # The trainer layout: env rewards in step_rewards, the penalty in its own field, and each row's
+    # score = its trajectory's env return minus its own penalty.
+    from orchestrator.tasks import samples_to_batch
+    batch = samples_to_batch(samples, episodes, 0, 0)
+    rows = [k for k, s in enumerate(samples) if s.traj == 2]
+    assert batch["step_rewards"][rows].tolist() == [0.0, 0.0, 10.0]
+    assert batch["penalties"][rows].tolist() == pytest.approx([0.1, 0.0, 0.0])
+    assert batch["scores"][rows].tolist() == pytest.approx([9.9, 10.0, 10.0])
     # prompts: history and admissible actions; finished envs stop generating (4, 4, then 2)
     step2 = seen[1][2]  # env 2 at its second step
     assert "already taken 1 step(s)" in step2 and "Action 1: 'inc'" in step2 and "'inc', 'wait'" in step2

@@ -239,5 +239,5 @@ def test_missing_extra_raises_with_install_command():
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("IMPORT-ERROR: ALFWorld support needs the optional extra")
     assert INSTALL_HINT in out.stdout
-    assert "pip install 'hyflow[alfworld]'" in INSTALL_HINT
+    assert "pip install -e '.[alfworld]'" in INSTALL_HINT and "pip install -e '.[alfworld]'" in (REPO / "README.md").read_text()
     assert "pip install alfworld==0.4.2 'textworld[pddl]==1.7.0'" in INSTALL_HINT

@@ -114,8 +114,10 @@ def test_aggregate_modes_with_a_padding_row():
     assert aggregate(loss, mask, "token-mean").item() == pytest.approx(3.0)            # 9 / 3
     assert aggregate(loss, mask, "seq-mean-token-mean").item() == pytest.approx(3.5)   # (2+5)/2
     assert aggregate(loss, mask, "seq-mean-token-sum").item() == pytest.approx(4.5)    # (4+5)/2
-    assert aggregate(loss, mask, "seq-mean-token-sum-norm").item() == pytest.approx(4.5)  # 9/T=2
-    assert aggregate(loss, mask, "seq-mean-token-sum-norm", norm_const=3).item() == pytest.approx(3)
+    # Dr.GRPO: (1/G)·Σ/T over the G = 2 rows with tokens: 9 / 2 / T=2
+    assert aggregate(loss, mask, "seq-mean-token-sum-norm").item() == pytest.approx(2.25)
+    assert aggregate(loss, mask, "seq-mean-token-sum-norm", norm_const=3).item() == pytest.approx(1.5)
+    assert aggregate(loss, torch.zeros(3, 2), "seq-mean-token-sum-norm").item() == 0.0  # no rows
     assert aggregate(loss, mask, "token-mean", global_tokens=9).item() == pytest.approx(1.0)
     with pytest.raises(ValueError, match="unknown loss aggregation mode 'mean'.*seq-mean-token-sum-norm"):
         aggregate(loss, mask, "mean")
@@ -153,7 +155,7 @@ def _ppo_inputs():
     ("token-mean", 1.6 / 6),                # (−0.4 + 2.0) / 6
     ("seq-mean-token-mean", 0.45),          # (−0.4/4 + 2.0/2) / 2
     ("seq-mean-token-sum", 0.8),            # (−0.4 + 2.0) / 2
-    ("seq-mean-token-sum-norm", 0.4),       # 1.6 / T=4
+    ("seq-mean-token-sum-norm", 0.2),       # 1.6 / T=4 / G=2 rows
 ])
 def test_ppo_clip_each_regime_and_aggregation(agg, expected):
     logp, old, adv = _ppo_inputs()
@@ -209,6 +211,46 @@ def test_global_tokens_makes_rank_losses_sum_to_the_global_token_mean():
     local = [ppo_clip_loss(logp[r:r + 1], old[r:r + 1], adv[r:r + 1], PPO_MASK[r:r + 1])[0]
              for r in range(2)]
     assert (sum(local) / 2).item() == pytest.approx(0.45)
+
+
+# Dr.GRPO's seq-mean-token-sum-norm over a mini-batch of 4 rows, T = 3 (row 3 is batch padding,
+# mask 0, so G = 3 rows): per-token loss L = w·x with x the parameter, mask m:
+#   row 0: L (1, 2, 3) m (1, 1, 1) -> Σ 6;  row 1: L (4, 5, 6) m (1, 1, 0) -> Σ 9
+#   row 2: L (7, 8, 9) m (1, 0, 0) -> Σ 7;  row 3: padding
+# full loss (1/G)·Σ m·L / T = 22 / 3 / 3 = 22/9; dL/dx_{i,t} = w·m / 9.
+SUMNORM_W = torch.tensor([[1.0, 2, 3], [4, 5, 6], [7, 8, 9], [10, 11, 12]], dtype=torch.float64)
+SUMNORM_MASK = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0], [0, 0, 0]])
+
+
+def test_token_sum_norm_split_over_ranks_and_micro_batches_equals_full_batch():
+    """2 ranks x 2 micro-batches of one row each: each micro-batch's aggregate times its share
+    rows/global_rows (what workers/actor.py does) sums to the full-batch loss and gradient."""
+    x = torch.ones(4, 3, dtype=torch.float64, requires_grad=True)
+    full = aggregate(SUMNORM_W * x, SUMNORM_MASK, "seq-mean-token-sum-norm")
+    assert full.item() == pytest.approx(22 / 9)
+    full.backward()
+    torch.testing.assert_close(x.grad, SUMNORM_W * SUMNORM_MASK / 9)
+    x.grad = None
+    global_rows = 3
+    parts = []
+    for rank in range(2):
+        for micro in range(2):
+            r = slice(2 * rank + micro, 2 * rank + micro + 1)
+            rows = int((SUMNORM_MASK[r].sum(-1) > 0).sum())
+            parts.append(aggregate(SUMNORM_W[r] * x[r], SUMNORM_MASK[r], "seq-mean-token-sum-norm")
+                         * rows / global_rows)
+    assert [p.item() for p in parts] == pytest.approx([6 / 9, 9 / 9, 7 / 9, 0.0])
+    sum(parts).backward()
+    assert sum(parts).item() == pytest.approx(22 / 9)
+    torch.testing.assert_close(x.grad, SUMNORM_W * SUMNORM_MASK / 9)
+
+
+def test_token_sum_norm_does_not_grow_with_copies_of_the_rows():
+    """Doubling the mini-batch with copies of its rows leaves the loss as it was (Σ/T alone,
+    the old definition, doubled it: 44/3 instead of 22/3)."""
+    loss = aggregate(SUMNORM_W, SUMNORM_MASK, "seq-mean-token-sum-norm")
+    doubled = aggregate(SUMNORM_W.repeat(2, 1), SUMNORM_MASK.repeat(2, 1), "seq-mean-token-sum-norm")
+    assert loss.item() == pytest.approx(22 / 9) and doubled.item() == pytest.approx(22 / 9)
 
 
 # ------------------------------------------------------------------------------------- KL

@@ -47,6 +47,9 @@ def test_value_loss_hand_numbers():
     assert unclipped.item() == pytest.approx(0.5 * 3.5 / 5) and m["vf_clipfrac"].item() == 0.0
     seq, _ = value_loss(values, old, returns, mask, 0.1, agg="seq-mean-token-mean")
     assert seq.item() == pytest.approx(0.5 * (3.42 / 3 + 1.25 / 2) / 2)
+    # Dr.GRPO's (1/G)·Σ/T: G = 2 rows, T = 4 columns
+    drgrpo, _ = value_loss(values, old, returns, mask, 0.1, agg="seq-mean-token-sum-norm")
+    assert drgrpo.item() == pytest.approx(0.5 * 4.67 / 4 / 2)
     share, _ = value_loss(values, old, returns, mask, 0.1, global_tokens=10)
     assert share.item() == pytest.approx(0.5 * 4.67 / 10)
 

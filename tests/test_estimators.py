@@ -347,6 +347,124 @@ def test_gigpo_bad_input_names_the_field():
         _gigpo(anchors=ANCH[:7] + [_Unhashable()])
 
 
+# ------------------------------------------------------------------ GiGPO invalid-action penalty
+# verl-agent's order: env rewards alone -> R(τ) and step returns; then each row's own penalty p_i
+# is subtracted from its episode score (R(τ) − p_i) and its step return (R_t − p_i).
+# Review example: one group of two failed trajectories (all env rewards 0), γ = 0.95, ω = 1, std;
+# A = [valid, invalid, valid], B all valid, penalty 0.1; both start in the same state "s0" (one
+# anchor group {A0, B0}), every later state is distinct (singleton anchors, A^S = 0).
+#   new: scores (0, −.1, 0, 0, 0, 0): mean −1/60, dev +1/60 (valid), −5/60 (invalid);
+#     Σ dev² = 30/3600, var = 1/600, std = 1/√600 -> valid +(1/60)·√600 = +0.40825,
+#     invalid −(5/60)·√600 = −2.04124; step returns 0 except A1 = −.1 (singleton) -> A^S = 0.
+#   old (penalty folded into A1's reward): R(A) = −.1, R(B) = 0 over 3 + 3 rows: mean −.05,
+#     std √(6·.0025/5) = √.003 -> A rows −.05/√.003 = −0.91287;
+#     step returns A = (−.095, −.1, 0), anchor s0 {−.095, 0}: a pair gives ∓1/√2
+#     -> A0 = −0.91287 − 0.70711 = −1.61998.
+REV_TRAJ, REV_STEP = ["A"] * 3 + ["B"] * 3, [0, 1, 2] * 2
+REV_ANCH = ["s0", "a1", "a2", "s0", "b1", "b2"]
+REV_PEN = torch.tensor([0.0, 0.1, 0.0, 0.0, 0.0, 0.0])
+REV_MASK = torch.ones(6, 2)
+SQ600, SQ003 = 24.494897428, 0.0547722558
+
+
+def _review(rewards, **kw):
+    return compute_gigpo_advantages(rewards, REV_TRAJ, REV_STEP, ["g"] * 6, REV_ANCH, REV_MASK,
+                                    gamma=0.95, omega=1.0, **kw)
+
+
+def test_gigpo_penalty_after_discounting_review_example():
+    std = 1 / SQ600
+    valid, invalid = (1 / 60) / (std + EPS), -(5 / 60) / (std + EPS)
+    assert valid == pytest.approx(0.408, abs=1e-3) and invalid == pytest.approx(-2.041, abs=1e-3)
+    adv = _review(torch.zeros(6), penalties=REV_PEN)
+    _close(adv, _bc([valid, invalid, valid, valid, valid, valid], REV_MASK), atol=1e-6)
+    # the old way (penalty folded into the step reward) blames A's valid first step most
+    old = _review(-REV_PEN)
+    a_ep = -0.05 / (SQ003 + EPS)
+    a0 = a_ep - 0.0475 / (0.0475 * 2 ** 0.5 + EPS)
+    assert a0 == pytest.approx(-1.620, abs=1e-3) and a_ep == pytest.approx(-0.913, abs=1e-3)
+    _close(old, _bc([a0, a_ep, a_ep, -a0, -a_ep, -a_ep], REV_MASK), atol=1e-6)
+    assert (adv[:, 0] - old[:, 0]).abs().min() > 0.3
+    # "trajectories": both R(τ) = 0 (degenerate: F_norm = 1), so the invalid step gets −p exactly
+    _close(_review(torch.zeros(6), penalties=REV_PEN, episode_stats="trajectories"),
+           _bc([0.0, -0.1, 0.0, 0.0, 0.0, 0.0], REV_MASK), atol=1e-6)
+
+
+# Repeated anchors with rewards, γ = 0.5, penalty 1 on P0 and Q1:
+#   row  traj step anchor reward pen | step return  penalised | score R(τ) − p
+#   P0    P    0    S      0     1   |   2            1       |  3
+#   P1    P    1    X      4     0   |   4            4       |  4
+#   Q0    Q    0    S      0     0   |   .5           .5      |  2
+#   Q1    Q    1    X      0     1   |   1            0       |  1
+#   Q2    Q    2    Y      2     0   |   2            2       |  2
+#   U0    U    0    S      0     0   |   .5           .5      |  1
+#   U1    U    1    Z      1     0   |   1            1       |  1
+# R(τ) = P 4, Q 2, U 1. Anchor groups on the penalised returns:
+#   S {1, .5, .5}: mean 2/3, dev (1/3, −1/6, −1/6), var (1/9 + 2/36)/2 = 1/12;  X {4, 0}: ±2, std √8;
+#   Y, Z singletons -> 0.  (Folding the penalty in would give Q0 = 0, Q1 = 0: S {1, 0, .5}.)
+# Episode "step_samples": scores (3, 4, 2, 1, 2, 1, 1): mean 2, dev (1, 2, 0, −1, 0, −1, −1),
+#   Σ dev² = 8, var 4/3.  "trajectories": R (4, 2, 1): mean 7/3, var (25 + 1 + 16)/9/2 = 7/3;
+#   rows R − p − 7/3 = (2/3, 5/3, −1/3, −4/3, −1/3, −4/3, −4/3).
+PEN_TRAJ, PEN_STEP = ["P", "P", "Q", "Q", "Q", "U", "U"], [0, 1, 0, 1, 2, 0, 1]
+PEN_ANCH = ["S", "X", "S", "X", "Y", "S", "Z"]
+PEN_REW = torch.tensor([0.0, 4.0, 0.0, 0.0, 2.0, 0.0, 1.0])
+PEN_P = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0])
+PEN_MASK = torch.tensor([[1, 1], [1, 0], [1, 1], [1, 1], [0, 1], [1, 1], [1, 0]])
+
+
+def _pen(**kw):
+    args = dict(step_rewards=PEN_REW, traj_ids=PEN_TRAJ, step_ids=PEN_STEP, group_ids=["g"] * 7,
+                anchors=PEN_ANCH, mask=PEN_MASK, gamma=0.5, penalties=PEN_P)
+    args.update(kw)
+    return compute_gigpo_advantages(**args)
+
+
+def test_gigpo_penalty_with_repeated_anchors_both_episode_modes():
+    s_s, s_x, s_ep, s_tr = (1 / 12) ** 0.5 + EPS, 8 ** 0.5 + EPS, (4 / 3) ** 0.5 + EPS, (7 / 3) ** 0.5 + EPS
+    a_step = [(1 / 3) / s_s, 2 / s_x, (-1 / 6) / s_s, -2 / s_x, 0.0, (-1 / 6) / s_s, 0.0]
+    a_ep = [d / s_ep for d in (1, 2, 0, -1, 0, -1, -1)]
+    _close(_pen(), _bc(_plus(a_ep, a_step), PEN_MASK), atol=1e-6)
+    a_tr = [d / s_tr for d in (2 / 3, 5 / 3, -1 / 3, -4 / 3, -1 / 3, -4 / 3, -4 / 3)]
+    _close(_pen(episode_stats="trajectories"), _bc(_plus(a_tr, a_step), PEN_MASK), atol=1e-6)
+    # F_norm = 1: A^S = (1/3, 2, −1/6, −2, 0, −1/6, 0)
+    a_step1 = [1 / 3, 2.0, -1 / 6, -2.0, 0.0, -1 / 6, 0.0]
+    _close(_pen(norm_by_std=False), _bc(_plus([1, 2, 0, -1, 0, -1, -1], a_step1), PEN_MASK),
+           atol=1e-6)
+    _close(_pen(norm_by_std=False, episode_stats="trajectories"),
+           _bc(_plus([2 / 3, 5 / 3, -1 / 3, -4 / 3, -1 / 3, -4 / 3, -4 / 3], a_step1), PEN_MASK),
+           atol=1e-6)
+    # ω = 0 leaves the episode part alone; folding the penalty into the rewards differs everywhere
+    _close(_pen(omega=0.0), _bc(a_ep, PEN_MASK), atol=1e-6)
+    old = _pen(step_rewards=PEN_REW - PEN_P, penalties=None)
+    assert (old - _pen())[PEN_MASK != 0].abs().min() > 0.2
+
+
+def test_gigpo_penalties_none_is_zeros_and_registry_passes_them():
+    expected = _bc(_plus(A_EP_SAMPLES, A_STEP), G_MASK)
+    _close(_gigpo(penalties=None), expected, atol=1e-6)
+    _close(_gigpo(penalties=torch.zeros(8)), expected, atol=1e-6)
+    _close(_gigpo(penalties=np.zeros(8), episode_stats="trajectories"),
+           _bc(_plus(A_EP_TRAJ, A_STEP), G_MASK), atol=1e-6)
+    est = get_advantage_estimator("gigpo")
+    out = est(scores=torch.zeros(7), group_ids=["g"] * 7, mask=PEN_MASK, step_rewards=PEN_REW,
+              traj_ids=PEN_TRAJ, step_ids=PEN_STEP, anchors=PEN_ANCH, penalties=PEN_P, gamma=0.5)
+    _close(out, _pen())
+
+
+def test_gigpo_bad_penalties_name_the_field():
+    with pytest.raises(ValueError, match=r"penalties must be a 1-D \[B\] tensor with B = 7.*\(6,\)"):
+        _pen(penalties=torch.zeros(6))
+    with pytest.raises(ValueError, match=r"penalties must be a 1-D \[B\] tensor with B = 7.*\(7, 1\)"):
+        _pen(penalties=torch.zeros(7, 1))
+    with pytest.raises(ValueError, match="penalties contains non-finite values"):
+        _pen(penalties=torch.tensor([0.0, 0, 0, float("inf"), 0, 0, 0]))
+    with pytest.raises(ValueError, match=r"penalties must be >= 0 .*got -0.1 at row 3"):
+        _pen(penalties=torch.tensor([0.0, 0, 0, -0.1, 0, 0, 0]))
+    with pytest.raises(ValueError, match="penalties must hold real numbers"):
+        _pen(penalties=torch.zeros(7, dtype=torch.bool))
+    with pytest.raises(ValueError, match="penalties must be a 1-D \\[B\\] tensor of numbers"):
+        _pen(penalties=["a"] * 7)
+
 # ------------------------------------------------------------------------------------ Step-GRPO
 # step states: q1/s0 (0.5, 1, 0): mean .5, dev (0, .5, −.5), var .5/2 = .25, std .5
 #   -> (0, .5/(.5+ε), −.5/(.5+ε));  q1/s1 (.8, .8): equal -> 0;  q2/s0: singleton -> 0

@@ -14,9 +14,10 @@ from algorithms.gflownet import finite_action_logprob, tb_loss, vargrad_tb_loss
 from algorithms.replay import PrioritizedReplay
 from envs import blocksworld as bw
 from orchestrator.config import ConfigError, load_config
-from envs.for_domains import BlocksWorldDomain
-from orchestrator.for_trainer import (Cursor, correct_solutions, creativity, replay_from_json, replay_to_json,
-                                      solution_metrics)
+from envs import prontoqa as pq
+from envs.for_domains import BlocksWorldDomain, ProntoQADomain
+from orchestrator.for_trainer import (Cursor, correct_solutions, creativity, local_search_round, problem_rows,
+                                      replay_from_json, replay_to_json, solution_metrics)
 from tests.test_recipes import assert_all_cpus_released
 from workers.gfn_actor import chosen_log_pf, problem_objective
 
@@ -126,6 +127,70 @@ def test_replay_json_round_trip_keeps_entries_and_next_sample():
     for pid in (0, 1):
         assert back.entries(pid) == rb.entries(pid)
         assert back.sample(pid, 4) == rb.sample(pid, 4)
+
+
+def test_problem_rows_blocksworld_multiplies_log_r_and_has_zero_log_pb():
+    """Hand problem (red, blue, orange on the table; goal blue on orange, red on blue): the gold
+    plan and a wrong 4-step plan. Rows: 3 + 3 + 2 + 2 candidates for the gold plan (one chosen
+    per step); log R and the energies are multiplied by tau = 2; log P_B = 0 (a tree)."""
+    init = bw.State.from_stacks([["red"], ["blue"], ["orange"]])
+    p = bw.Problem(init, (("blue", "orange"), ("red", "blue")), 4, ())
+    gold = ("pick up the blue block", "stack the blue block on top of the orange block",
+            "pick up the red block", "stack the red block on top of the blue block")
+    wrong = ("pick up the red block", "stack the red block on top of the blue block",
+             "unstack the red block from on top of the blue block", "put down the red block")
+    d = BlocksWorldDomain(slack=0)
+    pairs, index, meta = problem_rows(d, p, [gold, wrong], [math.log(100.0), math.log(0.1)], 2.0)
+    flat = index["gfn_flat"].tolist()
+    assert [flat.count(t) for t in range(4)] == [3, 3, 2, 2]              # trajectory 0, steps 0..3
+    assert [sum(c for f, c in zip(flat, index["gfn_chosen"].tolist()) if f == k) for k in range(8)] == [1] * 8
+    assert meta["gfn_log_r"] == pytest.approx([2 * math.log(100.0), 2 * math.log(0.1)])
+    assert meta["gfn_log_pb"] == [[0.0] * 4, [0.0] * 4] and meta["gfn_mask"] == [[1.0] * 4, [1.0] * 4]
+    # E(s) = -log(0.01 + goal fraction): s_0 none, gold s_2 half; times tau = 2; -log R at the end
+    e = meta["gfn_energy"]
+    assert e[0][0] == pytest.approx(2 * math.log(100.0)) and e[0][2] == pytest.approx(-2 * math.log(0.51))
+    assert e[0][4] == pytest.approx(-2 * math.log(100.0)) and e[1][4] == pytest.approx(-2 * math.log(0.1))
+    assert pairs[0][0] == d.prompt(p, []) and pairs[3][0] == d.prompt(p, gold[:1])
+    with pytest.raises(ValueError, match="is not among its candidates"):
+        problem_rows(d, p, [("pick up the red block", "put down the red block", "pick up the red block")], [0.0], 1.0)
+
+
+def test_problem_rows_prontoqa_divides_log_r():
+    """PrOntoQA (FoR divides log R by tau): the gold chain's R = 0.9 (1e-5 + 40 hops), the
+    energy after one valid step -log(0.9 (1e-5 + 20)); both divided by tau = 2."""
+    d = ProntoQADomain((3,), slack=1)
+    p = pq.generate_examples(1, [3], seed=0)[0]
+    rules = tuple(p.proof[1::2])
+    r = 0.9 * (1e-5 + 20 * 3 + 20 * 3)
+    _, _, meta = problem_rows(d, p, [rules], [math.log(r)], 2.0)
+    assert meta["gfn_log_r"] == pytest.approx([math.log(r) / 2])
+    assert meta["gfn_energy"][0][1] == pytest.approx(-math.log(0.9 * (1e-5 + 20)) / 2)
+    assert meta["gfn_energy"][0][3] == pytest.approx(-math.log(r) / 2)
+    assert meta["gfn_log_pb"] == [[0.0, 0.0, 0.0]]
+
+
+def test_local_search_round_fixed_bar_over_the_given_problems_only():
+    """Problem 0's best is ("c", "d") (log R 3); its hand-made completions score 5, 4, 2, 5: all
+    above 3 accepted, in order, the repeat too (a rising bar would keep only the first).
+    Problem 1 is not passed (the trainer passes the fresh problems only): never proposed,
+    never scored. Ties pick the first best; no problems -> no scoring call."""
+    trajs = {0: [("a", "b"), ("c", "d"), ("e", "f")], 1: [("z", "z")]}
+    lr = {0: [1.0, 3.0, 3.0], 1: [9.0]}
+    table = {("c", "x"): 5.0, ("c", "y"): 4.0, ("c", "z"): 2.0}
+    proposed, scored = [], []
+
+    def propose(pid, best):
+        proposed.append((pid, best))
+        return [("c", "x"), ("c", "y"), ("c", "z"), ("c", "x")]
+
+    def score(items):
+        scored.append(list(items))
+        return [table[a] for _, a in items]
+
+    out = local_search_round([0], trajs, lr, propose, score)
+    assert out == {0: [(("c", "x"), 5.0), (("c", "y"), 4.0), (("c", "x"), 5.0)]}
+    assert proposed == [(0, ("c", "d"))] and len(scored) == 1 and {p for p, _ in scored[0]} == {0}
+    assert local_search_round([], trajs, lr, propose, score) == {} and len(scored) == 1
 
 
 # ------------------------------------------------------------------------------ on Ray

@@ -134,21 +134,53 @@ def test_blocksworld_hand_problem_partial_reward():
     assert "pick up the blue block" in d.candidates(p, s, taken)
 
 
-def test_blocksworld_num_parents_by_brute_force():
-    """|Pa(s)| equals the number of distinct states with one action into s, counted over the
-    whole state space (BFS from the initial state reaches every configuration)."""
-    d = BlocksWorldDomain((3, 4), (2,))
-    for p in d.problems(4, 0, seed=2)[0]:
-        parents: dict = {}
-        for t in bw._bfs(p.init):
-            for a in bw.applicable(t):
-                parents.setdefault(bw.apply(t, a), set()).add(t)
-        for s, pa in parents.items():
-            assert d.num_parents(p, s) == len(pa) == bw.num_parents(s)
-    # by hand: hand empty, stacks [red, blue] and [orange] -> from "stack blue on red" or
-    # "put down orange"; holding red over stacks [blue] [orange] -> 1 + 2 clear blocks
-    assert d.num_parents(None, bw.State.from_stacks([["red", "blue"], ["orange"]])) == 2
-    assert d.num_parents(None, bw.State.from_stacks([["blue"], ["orange"]], "red")) == 3
+def test_blocksworld_prompt_shows_the_current_state_and_the_space_is_a_tree():
+    """Two different 4-step histories reaching the same configuration give the same prompt, FoR's
+    statement with the current state and the step (written out by hand); the initial state's
+    prompt at step 0 differs; BlocksWorld is a tree domain (log P_B = 0, see the class docstring)."""
+    init = bw.State.from_stacks([["red"], ["blue"], ["orange"]])
+    goal = (("blue", "orange"), ("red", "blue"))
+    p = bw.Problem(init, goal, 4, ())
+    d = BlocksWorldDomain(slack=0)
+    h1 = ["pick up the red block", "stack the red block on top of the blue block",
+          "pick up the orange block", "put down the orange block"]
+    h2 = ["pick up the orange block", "put down the orange block",
+          "pick up the red block", "stack the red block on top of the blue block"]
+    assert d.walk(p, h1)[-1] == d.walk(p, h2)[-1] and h1 != h2
+    want = ("[STATEMENT]\nSTATE 4: As initial conditions I have that, the orange block is clear, the red block is "
+            "clear, the hand is empty, the red block is on top of the blue block, the blue block is on the table "
+            "and the orange block is on the table.\nMy goal is to have that the blue block is on top of the orange "
+            "block and the red block is on top of the blue block.\n\nMy plan is as follows:\n\n[PLAN]\nACTION 4:\n")
+    assert d.prompt(p, h1) == d.prompt(p, h2) == want
+    assert d.prompt(p, []) == ("[STATEMENT]\nSTATE 0: As initial conditions I have that, the blue block is clear, the "
+                               "orange block is clear, the red block is clear, the hand is empty, the blue block is on "
+                               "the table, the orange block is on the table and the red block is on the table.\nMy goal "
+                               "is to have that the blue block is on top of the orange block and the red block is on "
+                               "top of the blue block.\n\nMy plan is as follows:\n\n[PLAN]\nACTION 0:\n")
+    # back at the initial configuration after 2 steps: same state text, another step
+    back = ["pick up the red block", "put down the red block"]
+    assert d.prompt(p, back) == d.prompt(p, []).replace("STATE 0:", "STATE 2:").replace("ACTION 0:", "ACTION 2:")
+    assert d.tree and d.num_parents(p, d.walk(p, h1)[-1]) == 1
+
+
+def test_per_domain_for_rules():
+    """Reward temperature, untempered / validation P_F temperatures and the local-search prefix
+    per domain, as FoR's code (hand values): BlocksWorld and Game24 multiply log R, PrOntoQA
+    divides it; an unknown rule is a ValueError naming the domain."""
+    bwd, g, pqd = BlocksWorldDomain(), Game24Domain("generated"), ProntoQADomain()
+    assert bwd.tempered_log_reward(math.log(100.0), 2.0) == pytest.approx(2 * 4.605170186)
+    assert g.tempered_log_reward(math.log(100.0), 1.5) == pytest.approx(1.5 * 4.605170186)
+    assert pqd.tempered_log_reward(math.log(36.0), 2.0) == pytest.approx(math.log(6.0))
+    assert pqd.tempered_log_reward(-4.0, 4.0) == pytest.approx(-1.0)
+    assert (bwd.untempered_pf_temp, bwd.val_pf_temp) == (1.0, 1.0) == (g.untempered_pf_temp, g.val_pf_temp)
+    assert (pqd.untempered_pf_temp, pqd.val_pf_temp) == (0.7, 0.5)
+    assert [bwd.local_search_keep(n) for n in (1, 2, 5, 6)] == [0, 1, 2, 3]
+    assert [g.local_search_keep(n) for n in (3,)] == [1]
+    assert [pqd.local_search_keep(n) for n in (0, 1, 3, 4)] == [0, 0, 2, 3]
+    odd = BlocksWorldDomain()
+    odd.reward_temp_mode = "power"
+    with pytest.raises(ValueError, match=r"blocksworld: reward_temp_mode must be one of \['multiply', 'divide'\]"):
+        odd.tempered_log_reward(1.0, 2.0)
 
 
 def test_blocksworld_ll_bonus():

@@ -257,6 +257,49 @@ def test_train_steps_match_single_process_adamw(ray_cluster, ranks, tiny_model_d
         assert (value - initial[name]).abs().max() > 5e-4, f"{name} did not move"
 
 
+def _actor_update(backend, actor_cfg: dict, shard: Batch) -> dict:
+    """workers.actor.ActorWorker.update, run on this rank's backend (RANK / WORLD_SIZE are set)."""
+    from workers.actor import ActorWorker
+    worker = ActorWorker("unused", actor_cfg)
+    worker.backend = backend
+    return worker.update(shard).meta[f"metrics/rank{worker.rank}"]
+
+
+def test_actor_token_sum_norm_is_scaled_by_the_global_row_count(ray_cluster, ranks, tiny_model_dir):
+    """Dr.GRPO's seq-mean-token-sum-norm through ActorWorker.update on 2 ranks x 2 micro-batches:
+    the summed per-rank loss and the global grad norm equal one process's (1/G)·Σ m·L / T on the
+    whole mini-batch, G = 7 rows with tokens (row 7 is padding, as pad_with_masked_rows makes)."""
+    from transformers import AutoModelForCausalLM
+
+    from algorithms.losses import ppo_clip_loss
+    from workers.backends.fsdp import response_logprobs
+    batch = make_batch(5)
+    mask = batch["response_mask"].clone()
+    mask[7] = 0
+    batch["response_mask"] = mask
+    g = torch.Generator().manual_seed(1)
+    batch["advantages"] = batch["advantages"][:, None] * mask
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    with torch.no_grad():
+        lp0, _ = response_logprobs(model, batch, 1.0, False)
+    batch["old_logprobs"] = lp0 + 0.3 * torch.randn(lp0.shape, generator=g) * mask  # ratio != 1
+    actor_cfg = dict(mini_batch_size=0, micro_batch_size=2, loss_agg="seq-mean-token-sum-norm",
+                     ppo_epochs=1, clip_ratio_low=0.2, clip_ratio_high=0.2, dual_clip=3.0,
+                     kl_coef=0.0, kl_estimator="k3", entropy_coef=0.0)
+    on_all(ray_cluster, ranks, "setup", (tiny_model_dir, True), timeout=120)
+    r0, r1 = on_all(ray_cluster, ranks, "run", *[(_actor_update, actor_cfg, h) for (h,) in halves(batch)])
+
+    lp, _ = response_logprobs(model, batch, 1.0, False)
+    # Σ m·L over the whole batch (token-mean with divisor 1), then / (T = R columns · G = 7 rows)
+    total, _ = ppo_clip_loss(lp, batch["old_logprobs"], batch["advantages"], mask, global_tokens=1.0)
+    loss = total / (R * 7)
+    loss.backward()
+    ref_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf")))
+    assert abs(loss.item()) > 1e-3 and ref_norm > 1e-3
+    assert r0["pg_loss"] + r1["pg_loss"] == pytest.approx(loss.item(), rel=1e-5, abs=1e-7)
+    assert r0["grad_norm"] == pytest.approx(ref_norm, rel=1e-5) and r0["grad_norm"] == r1["grad_norm"]
+
+
 def test_micro_batch_count_mismatch_raises_on_every_rank(ray_cluster, ranks, tiny_model_dir):
     on_all(ray_cluster, ranks, "setup", (tiny_model_dir, True))
     h = halves(make_batch(5))

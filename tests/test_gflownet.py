@@ -19,7 +19,7 @@ from algorithms.gflownet import (db_loss, epsilon_schedule, finite_action_logpro
                                  reward_temperature, step_logprob_from_tokens, subtb_loss,
                                  tb_loss, temper_log_reward, tempered_probs, tree_log_pb,
                                  uniform_log_pb, vargrad_tb_loss)
-from algorithms.replay import PrioritizedReplay, local_search
+from algorithms.replay import PrioritizedReplay, accept_improving, local_search, local_search_candidates
 
 NAN, INF = math.nan, math.inf
 
@@ -430,8 +430,8 @@ def test_replay_state_round_trip_reproduces_samples_exactly():
 
 
 # ------------------------------------------------------------------------------ local search
-def test_local_search_keeps_half_and_accepts_only_improvements():
-    completions = iter([(0, 0), (5, 5), (4, 4), (9, 9)])
+def test_local_search_keeps_half_and_accepts_each_try_above_the_fixed_best():
+    completions = iter([(0, 0), (5, 5), (4, 4), (9, 9), (5, 5)])
     calls = []
     rng = np.random.default_rng(0)
 
@@ -439,16 +439,25 @@ def test_local_search_keeps_half_and_accepts_only_improvements():
         calls.append((prefix, r))
         return next(completions)
 
-    # best (0, 1, 2, 3), log R = sum = 6; prefix (0, 1):
-    # (0,1,0,0) 1 reject; (0,1,5,5) 11 accept; (0,1,4,4) 9 < 11 reject; (0,1,9,9) 19 accept
-    out = local_search([0, 1, 2, 3], lambda a: float(sum(a)), complete, 4, rng)
-    assert out == [((0, 1, 5, 5), 11.0), ((0, 1, 9, 9), 19.0)]
+    # best (0, 1, 2, 3), log R = sum = 6; prefix (0, 1); FoR compares every try with that 6:
+    # (0,1,0,0) 1 reject; (0,1,5,5) 11 accept; (0,1,4,4) 9 accept (a rising bar, 11, would reject
+    # it); (0,1,9,9) 19 accept; (0,1,5,5) 11 again: accepted again (FoR trains each accepted try)
+    out = local_search([0, 1, 2, 3], lambda a: float(sum(a)), complete, 5, rng)
+    assert out == [((0, 1, 5, 5), 11.0), ((0, 1, 4, 4), 9.0), ((0, 1, 9, 9), 19.0), ((0, 1, 5, 5), 11.0)]
     assert all(p == (0, 1) and r is rng for p, r in calls)
-    # with a given best log R of 30 nothing passes; an odd length keeps ⌊5/2⌋ = 2 actions
+    # with a given best log R of 30 nothing passes; equal to the best is no improvement; nan never
     assert local_search([0, 1, 2, 3], sum, lambda p, r: (9, 9), 3, rng, best_log_r=30.0) == []
+    assert accept_improving([(1,), (2,), (3,)], [6.0, float("nan"), 6.5], 6.0) == [((3,), 6.5)]
+    # an odd length keeps ⌊5/2⌋ = 2 actions; `keep` overrides (PrOntoQA keeps all but the last)
     seen = []
     local_search([7, 8, 1, 2, 3], sum, lambda p, r: seen.append(p) or (), 1, rng)
-    assert seen == [(7, 8)]
+    local_search([7, 8, 1, 2, 3], sum, lambda p, r: seen.append(p) or (), 1, rng, keep=4)
+    local_search([7, 8, 1, 2, 3], sum, lambda p, r: seen.append(p) or (), 1, rng, keep=0)
+    assert seen == [(7, 8), (7, 8, 1, 2), ()]
+    with pytest.raises(ValueError, match=r"keep must be an int in \[0, 5\], got 6"):
+        local_search_candidates([7, 8, 1, 2, 3], lambda p, r: (), 1, rng, keep=6)
+    with pytest.raises(ValueError, match="best_actions is empty"):
+        local_search_candidates([], lambda p, r: (), 1, rng)
 
 
 def test_local_search_random_completion_is_reproducible():
@@ -463,5 +472,4 @@ def test_local_search_random_completion_is_reproducible():
     b = local_search((0, 1, 2, 3, 4, 5), log_r, complete, 16, np.random.default_rng(5))
     assert a == b and len(a) >= 1
     assert all(x[0][:3] == (0, 1, 2) for x in a)
-    lrs = [lr for _, lr in a]
-    assert lrs == sorted(lrs) and lrs[0] > log_r((0, 1, 2, 3, 4, 5))
+    assert all(lr == log_r(x) > log_r((0, 1, 2, 3, 4, 5)) for x, lr in a)

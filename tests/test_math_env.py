@@ -44,7 +44,15 @@ from envs.rewards import load_reward_fn, score_batch
     ("one third is 1/3", "1/3"),
     ("split 1, 2, 3", "3"),                                 # a list, not thousands separators
     ("ends with 42.", "42"),
-    ("#### 5/0", "5"),                                      # a zero denominator keeps the numerator
+    ("#### 5/0", None),                                     # a division by zero is not an answer
+    ("#### 7\n#### 5/0", None),                             # ... and no fallback to an earlier one
+    ("\\boxed{\\frac{3}{0}} and 4", None),                    # the deciding boxed is not a number
+    ("so 4, then 10/0", None),                              # the last number decides
+    ("#### " + "1" * 101, None),                            # over MAX_NUMBER_CHARS: not a number
+    ("#### " + "9" * 100, "9" * 100),                       # at the cap: still a number
+    ("\\boxed{8} then \\boxed{" + "1 " * 201 + "}", "8"),    # over MAX_BOXED_CHARS: skipped
+    ("\\boxed{\\boxed{6} x}", "6"),                        # nested: the last opener decides
+    ("#### " + " " * 50 + "$ 12", "12"),
     ("H2O", None),
     ("no numbers here", None),
     ("", None),
@@ -105,6 +113,9 @@ def test_compute_score_and_prompt():
 def test_canonical_number():
     assert [m.canonical_number(s) for s in ["1,000", "$5", "3.50", "-0.50", "7.0", "2/4", "10/3"]] == \
         ["1000", "5", "3.5", "-0.5", "7", "0.5", "10/3"]
+    # terminating decimals: digits = max(power of 2, power of 5) in the denominator
+    assert [m.canonical_number(s) for s in ["1/8", "-3/40", "7/625", "1/1024", "0.000100"]] == \
+        ["0.125", "-0.075", "0.0112", "0.0009765625", "0.0001"]
     with pytest.raises(ValueError, match="not a number: 'abc'"):
         m.canonical_number("abc")
 

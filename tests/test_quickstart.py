@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -70,3 +72,55 @@ def test_checkpoint_reloads_with_transformers(quickstart_run):
         assert changed > len(t) // 2, f"only {changed} of {len(t)} tensors changed after 2 updates"
     else:  # all groups had equal rewards: zero advantages, Adam leaves the weights exactly as they were
         assert changed == 0
+
+
+def test_a_normal_run_prints_no_warning(quickstart_run):
+    """Known-harmless library notices are dropped at their source (workers/quiet.py); what is left
+    is Ray's start line and hyflow's own lines (README "What a normal run prints")."""
+    from workers.quiet import KNOWN_HARMLESS
+    _, proc = quickstart_run
+    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
+    noisy = [ln for ln in lines if "warn" in ln.lower() or any(re.search(p, ln) for p, _ in KNOWN_HARMLESS)]
+    assert not noisy, noisy
+    unexplained = [ln for ln in lines if not re.search(r"Started a local Ray instance| hyflow: ", ln)]
+    assert not unexplained, unexplained
+
+
+def test_checkpoint_stores_tied_weights_once_and_readable(quickstart_run):
+    from safetensors import safe_open
+    out, _ = quickstart_run
+    weights = out / "checkpoints" / "step_2" / "hf" / "model.safetensors"
+    with safe_open(str(weights), "pt") as f:
+        names = list(f.keys())
+        numel = sum(int(np.prod(f.get_slice(n).get_shape())) for n in names)
+    assert "lm_head.weight" not in names and "model.embed_tokens.weight" in names
+    assert 134e6 < numel < 135e6, numel  # SmolLM2-135M: 134.5M parameters, the tied head once
+    modes = {p.name: p.stat().st_mode & 0o777 for p in weights.parent.iterdir() if p.is_file()}
+    assert len(set(modes.values())) == 1, modes  # model.safetensors is no longer 0600 among 0644 files
+
+
+def test_eval_takes_the_step_folder_and_prints_clean_json(quickstart_run):
+    out, _ = quickstart_run
+    cmd = [sys.executable, "-m", "orchestrator.cli", "eval", str(REPO / "configs/quickstart.yaml"),
+           "--checkpoint", str(out / "checkpoints" / "step_2"), "data.val_size=4", "rollout.max_new_tokens=16"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)  # stdout is the JSON alone: logs went to stderr
+    assert result["model"] == str(out / "checkpoints" / "step_2" / "hf")
+    assert result["val/n"] == 4 and 0.0 <= result["val/accuracy"] <= 1.0
+
+
+def test_eval_names_what_a_wrong_folder_lacks(quickstart_run, tmp_path):
+    out, _ = quickstart_run
+    for folder, message in [(out, "neither it nor"), (tmp_path / "nope", "no such folder")]:
+        proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "eval", str(REPO / "configs/quickstart.yaml"),
+                               "--checkpoint", str(folder)], cwd=REPO, capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "config.json").write_text("{}")
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "eval", str(REPO / "configs/quickstart.yaml"),
+                           "--checkpoint", str(tmp_path / "half")], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 2 and "lacks weights (*.safetensors), tokenizer files" in proc.stderr, proc.stderr

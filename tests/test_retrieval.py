@@ -15,7 +15,8 @@ from algorithms.step_grpo import compute_step_grpo_advantages
 from envs.retrieval import (DATA_SOURCE, TEMPLATES, Embedder, KnowledgeBases, Passage, StepState,
                             TableKB, TextKB, answer_reward, build_prompt, compute_score,
                             generate_examples, generate_world, make_dataset, normalize_answer,
-                            parse_response, score_step, state_label, step_states, token_recall)
+                            parse_response, ret_items_error, score_step, state_label, step_states,
+                            token_recall)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -183,24 +184,50 @@ def test_state_ids_group_rollouts_for_step_grpo(emb):
 
 # ----------------------------------------------------------------------------- parsing
 
-def test_parse_response_grammar():
+def test_parse_response_finds_tags_as_r1_routers_re_search():
+    # R1-Router step.py: text.lower(), then re.search(r"<tag>(.*?)</tag>", text, re.DOTALL) per tag
     p = parse_response("  <think>a</think>\n<sub-question> Who founded X? </sub-question> <ret>Table</ret>\n")
-    assert (p.kind, p.think, p.sub_question, p.kbs) == ("ret", "a", "Who founded X?", ("table",))
+    assert (p.kind, p.think, p.sub_question, p.kbs) == ("ret", "a", "who founded x?", ("table",))
     assert parse_response(ret("q", "text, table")).kbs == ("text", "table")
-    assert parse_response(ret("q", "the text retriever")).kbs == ("text",)
-    assert parse_response(ret("q", "web")).kbs == ()
+    assert parse_response(ret("q", "the text retriever")).kbs == ("the text retriever",)
+    assert parse_response(ret("q", " Web ,, none")).kbs == ("web", "", "none")
     p = parse_response(ans("Sosian Goudeix"))
-    assert (p.kind, p.answer) == ("ans", "Sosian Goudeix")
+    assert (p.kind, p.answer) == ("ans", "sosian goudeix")
+    # text around and between the tags, upper-case tags, any order, repeats (the first pair counts)
+    p = parse_response("Sure! <THINK>plan</Think> so <Sub-Question>Where?</SUB-QUESTION> then "
+                       "<RET>TEXT</RET> done.")
+    assert (p.kind, p.think, p.sub_question, p.kbs) == ("ret", "plan", "where?", ("text",))
+    p = parse_response("<ret>table</ret><think>a</think><sub-question>q1</sub-question>"
+                       "<sub-question>q2</sub-question><ret>text</ret>")
+    assert (p.sub_question, p.kbs) == ("q1", ("table",))
+    assert parse_response(ret("   ", "text")).sub_question == ""  # empty: scored, as R1-Router
+    # the first opener that has a closer, up to the first closer after it (lazy .*?)
+    assert parse_response("<think><think>a</think></think><answer>x</answer>").think == "<think>a"
+    assert parse_response("</think><think>a</think>b</think><answer>x</answer>").think == "a"
+    # both kinds: each state reads its own tags; kind=None prefers a retrieval step
+    both = ret("q", "text") + "<answer>x</answer>"
+    assert parse_response(both).kind == "ret" and parse_response(both, "ans").answer == "x"
+    assert parse_response(ans("a"), "ret") is None and parse_response(ret("q", "text"), "ans") is None
     for bad in ["<sub-question>q</sub-question><ret>text</ret>",             # no think
                 "<think>a</think>",                                           # no step
-                ret("q", "text") + " trailing words",                         # text outside the tags
-                "<think>a</think><ret>text</ret><sub-question>q</sub-question>",  # wrong order
-                ret("   ", "text"),                                           # empty sub-question
-                ret("q", "text") + "<answer>x</answer>",                      # both kinds
-                ans("a") + ans("b"),                                          # two answers
-                "<think><think>a</think></think><answer>x</answer>",          # nested think
-                "<think>a</think><answer>x"]:                                 # unclosed
-        assert parse_response(bad) is None, bad
+                "<think>a</think><answer>x",                                  # unclosed
+                "<think>a</answer></think><answer>",                          # closer before opener
+                "<think>a</think><sub-question>q</sub-question><ret>text",     # unclosed ret
+                "<think a></think><answer>x</answer>",                        # not the tag
+                "x" * 20_001 + ans("a"), None, 12]:                           # over the cap, non-str
+        assert parse_response(bad) is None, repr(bad)[:60]
+    with pytest.raises(ValueError, match="kind must be 'ret', 'ans' or None, got 'retrieve'"):
+        parse_response("x", "retrieve")
+
+
+def test_ret_items_error_is_r1_routers_check():
+    assert ret_items_error(("text",)) is None and ret_items_error(("table", "text")) is None
+    assert ret_items_error(("none",)) is None and ret_items_error(("text", "text")) is None
+    assert ret_items_error(("text", "none")) == "<ret> lists 'none' with another item"
+    assert ret_items_error(("none", "none")) == "<ret> lists 'none' with another item"
+    assert ret_items_error(("text", "web")) == "<ret> item 'web' is not a KB name ('text', 'table', 'none')"
+    assert ret_items_error(("",)) == "<ret> item '' is not a KB name ('text', 'table', 'none')"
+    assert ret_items_error(("text text",)).startswith("<ret> item 'text text' is not")
 
 
 # ----------------------------------------------------------------------------- rewards
@@ -215,15 +242,32 @@ def test_retrieval_step_reward(emb):
     para = "In which city was Diagar Zoseikark born?"
     cos = emb.cosine(para, GOLD_RET.gold_sub_question)
     assert 0.5 < cos < 0.999
+    # R1-Router ret_accuracy_reward: 0.5*cos + 0.5*1[exactly one item, the gold KB]; any item
+    # that is not a KB name, or "none" with another item, makes the whole reward 0
+    assert score_step(GOLD_RET, ret(para, "text"))[0] == pytest.approx(0.5 * cos + 0.5)  # valid single KB
     assert score_step(GOLD_RET, ret(para, "table"))[0] == pytest.approx(0.5 * cos)   # wrong KB
-    assert score_step(GOLD_RET, ret(para, "text, table"))[0] == pytest.approx(0.5 * cos)  # two KBs
-    assert score_step(GOLD_RET, ret(para, "text text"))[0] == pytest.approx(0.5 * cos)   # not exactly one
-    assert score_step(GOLD_RET, ret(para, "web"))[0] == pytest.approx(0.5 * cos)     # no KB named
+    assert score_step(GOLD_RET, ret(para, "text, table"))[0] == pytest.approx(0.5 * cos)  # several KBs
+    assert score_step(GOLD_RET, ret(para, "text,text"))[0] == pytest.approx(0.5 * cos)   # not exactly one
+    r, info = score_step(GOLD_RET, ret(para, "web"))                                # unknown item
+    assert (r, info["format_ok"], info["error"]) == (0.0, False, "<ret> item 'web' is not a KB name "
+                                                                 "('text', 'table', 'none')")
+    assert score_step(GOLD_RET, ret(para, "text, web"))[0] == 0.0                   # one unknown item
+    assert score_step(GOLD_RET, ret(para, "text text"))[0] == 0.0                   # no comma: one item
+    assert score_step(GOLD_RET, ret(para, "the text retriever"))[0] == 0.0
+    assert score_step(GOLD_RET, ret(para, ""))[0] == 0.0                            # empty <ret>
+    r, info = score_step(GOLD_RET, ret(para, "text, none"))                         # none mixed
+    assert (r, info["error"]) == (0.0, "<ret> lists 'none' with another item")
     assert score_step(GOLD_RET, ret(para, " TEXT "))[0] == pytest.approx(0.5 * cos + 0.5)
+    # an empty sub-question is embedded and scored, as R1-Router does (no extra format rule)
+    assert score_step(GOLD_RET, ret("  ", "text"))[0] == pytest.approx(0.5 * emb.cosine("", GOLD_RET.gold_sub_question) + 0.5)
+    # upper-case tags with text around them are accepted (re.search on the lower-cased text)
+    loud = f"OK. <THINK>plan</THINK> Next: <SUB-QUESTION>{para}</SUB-QUESTION> via <Ret>Text</Ret>. Done"
+    assert score_step(GOLD_RET, loud)[0] == pytest.approx(0.5 * cos + 0.5)
     none_state = StepState("n#2", "n", 2, "Q?", (), "ret", ("3",), "How many years are there between 1 and 4?", "none")
     assert score_step(none_state, ret("How many years are there between 1 and 4?", "None"))[0] == pytest.approx(1.0, abs=1e-5)
-    assert score_step(GOLD_RET, ans("Togreiford")) == (0.0, {"kind": "ret", "format_ok": False,
-                                                            "error": "wrote a ans step at a ret state"})
+    assert score_step(GOLD_RET, ans("Togreiford")) == (0.0, {
+        "kind": "ret", "format_ok": False,
+        "error": "unparseable: a ret step needs <think>, <sub-question>, <ret>"})
 
 
 def test_answer_step_reward_and_normalisation():
@@ -231,7 +275,9 @@ def test_answer_step_reward_and_normalisation():
     assert token_recall("1,700,000 people", "1700000") == 1.0
     cases = {ans("Sosian Goudeix"): 1.0, ans("It is the mayor, SOSIAN GOUDEIX."): 1.0,
              ans("Sosian"): 0.0,  # recall 0.5 on a short gold: 0
-             ans(""): 0.0, "Sosian Goudeix": 0.0, ret("Who?", "text"): 0.0}
+             ans(""): 0.0, "Sosian Goudeix": 0.0, ret("Who?", "text"): 0.0,
+             "Here: <THINK>x</THINK> <Answer>Sosian Goudeix</Answer> bye": 1.0,   # case, text around
+             ret("Who?", "text") + "<answer>Sosian Goudeix</answer>": 1.0}         # reads its own tags
     for resp, want in cases.items():
         assert score_step(GOLD_ANS, resp)[0] == want, resp
     assert score_step(GOLD_ANS, ans("Sosian"))[1]["recall"] == 0.5
@@ -247,7 +293,7 @@ def test_hostile_and_malformed_responses_score_zero_without_raising(emb):
     hostile = [None, 123, b"<think>a</think>", "", "\x00" * 50, "<think>" * 10_000 + "</think>" * 10_000,
                "<think>" + "a" * 19_000 + "</think><answer>Sosian Goudeix</answer>" + " " * 2_000,
                "<think>a</think><answer>" + "</answer>" * 5000, "__import__('os').system('echo hi')",
-               ret("x" * 15_000, "text") + "<think>"]
+               ret("x" * 15_000, "text")[:-len("</ret>")] + "<think>", "<ret>" * 3000 + "<think>" * 100]
     t0 = time.perf_counter()
     for resp in hostile:
         for state in (GOLD_RET, GOLD_ANS):

@@ -21,7 +21,10 @@ from workers.backends import build_backend
 from workers.backends.base import length_order
 from workers.base import Worker
 
-SEQ_MEAN = ("seq-mean-token-mean", "seq-mean-token-sum")
+# Modes that average over the rows (with tokens) of the mini-batch: each micro-batch's loss is
+# scaled by its share rows / global_rows. seq-mean-token-sum-norm is Dr.GRPO's (1/G)·Σ/T: without
+# the share its scale would grow with the number of rows (verl divides by grad_accum likewise).
+SEQ_MEAN = ("seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 
 
 class ActorWorker(Worker):
@@ -78,8 +81,8 @@ class ActorWorker(Worker):
                 def loss_fn(micro: Batch, logprobs: torch.Tensor, entropy: torch.Tensor):
                     mask = micro["response_mask"].to(logprobs.dtype)
                     old = micro["old_logprobs"] if "old_logprobs" in micro else logprobs.detach()
-                    # This micro-batch's share of the global mini-batch (seq-mean modes average over
-                    # rows that have tokens; token-sum-norm divides by a constant: no share needed).
+                    # This micro-batch's share of the global mini-batch (the seq-mean modes, Dr.GRPO's
+                    # token-sum-norm included, average over the rows that have tokens).
                     rows = (mask.sum(-1) > 0).sum().item()
                     row_share = rows / global_rows if c["loss_agg"] in SEQ_MEAN else 1.0
                     weight = mask.sum().item() / global_tokens * len(micro_batches)

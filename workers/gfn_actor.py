@@ -164,14 +164,15 @@ class GFlowNetActorWorker(ActorWorker):
 
     @register(dispatch=Dispatch.ONE_TO_ALL)
     def gfn_update(self, problems: list[Batch], objective: str, log_z: list[float] | None = None,
-                   lam: float = 0.9) -> dict:
+                   lam: float = 0.9, sign: float = 1.0) -> dict:
         """One optimizer step on the GFlowNet objective over all `problems` (problem batches of equal
         widths; every rank gets the list and takes problems rank, rank+W, ...). log_z[i]: problem
         i's log Z (objective tb). Flow objectives (db, subtb, fl_db, fl_subtb) need the flow head
         and, for fl_*, meta gfn_energy [n][T+1]. Returns this rank's contributions: `loss` (they sum
         over ranks to the global mean loss), `log_z_grad` {i: dL/dlogZ_i}, `phi_mean` {i: mean Φ}
         and `log_f0` {i: mean log F̃(s_0)} of its problems, the global `grad_norm` / `step_skipped` of
-        the LLM and, with the flow head, its (rank-averaged) `flow_grad_norm`.
+        the LLM and, with the flow head, its (rank-averaged) `flow_grad_norm`. `sign=-1` reverses every
+        gradient the objective gives (LLM, flow head, log Z): a check that a learning run can fail.
 
         Two passes, so that memory is bounded by actor.micro_batch_size rows whatever the number
         of candidates: (1) every row's sequence log-prob (and flow) without grad -> the exact
@@ -241,7 +242,7 @@ class GFlowNetActorWorker(ActorWorker):
                                           torch.tensor(m["gfn_log_r"], dtype=torch.float64), mask, z,
                                           log_flow, energies, lam)
             share = n / total_traj  # this problem's part of the mean over all trajectories
-            (loss * share).backward()
+            (loss * share * sign).backward()
             coef[start:start + size] = seq.grad
             if fl is not None and fl.grad is not None:
                 fcoef[start:start + size] = fl.grad

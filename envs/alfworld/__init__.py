@@ -1,4 +1,4 @@
-"""ALFWorld on alfworld's own TextWorld engine (optional extra `hyflow[alfworld]`).
+"""ALFWorld on alfworld's own TextWorld engine (optional extra: `pip install -e '.[alfworld]'`).
 
 `envs.alfworld.generator` writes synthetic, planner-checked ALFRED-domain games in ALFWorld's
 folder layout; `envs.alfworld.env.ALFWorldEnv` (registered as "alfworld") plays those or the real

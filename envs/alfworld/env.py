@@ -183,6 +183,10 @@ class ALFWorldEnv(TextEnv):
         return obs, info
 
     def step(self, action_text: str) -> tuple[str, float, bool, dict[str, Any]]:
+        """(observation, reward, done, info) after one command. Any str is a command: it is
+        lower-cased and its whitespace collapsed (linear), then the engine answers; text that is not
+        a command gets "Nothing happens." (info["action_valid"] False). TypeError for a non-str,
+        RuntimeError before reset() or after the episode ended; nothing else is raised."""
         if self._env is None or self._done:
             raise RuntimeError("ALFWorldEnv.step called before reset() or after the episode ended")
         if not isinstance(action_text, str):

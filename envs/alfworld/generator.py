@@ -40,7 +40,7 @@ TASK_TYPES = (
     "pick_cool_then_place_in_recep",
     "pick_two_obj_and_place",
 )
-INSTALL_HINT = ("pip install 'hyflow[alfworld]'   (equivalently: pip install alfworld==0.4.2 "
+INSTALL_HINT = ("pip install -e '.[alfworld]'   (in the hyflow checkout, as the README says; equivalently: pip install alfworld==0.4.2 "
                 "'textworld[pddl]==1.7.0'; builds jericho and fast-downward from source, needs g++ "
                 "and cmake, and the venv's bin/ first on PATH)")
 MAX_PLAN_STEPS = 40     # plans here are 4-16 steps; anything longer means a broken problem

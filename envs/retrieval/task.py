@@ -19,39 +19,39 @@ the gold label of step t (a sub-question + KB, or the final answer). `state_id` 
 so Step-GRPO groups the n rollouts sampled from it (`compute_step_grpo_advantages(scores,
 state_ids, mask)`).
 
-Response grammar (R1-Router's tags; one of each tag, only whitespace between/around them):
+Responses (R1-Router's tags, parsed as its Easy-R1 `reward_score/step.py` does: see response.py):
     retrieval step:  <think>…</think><sub-question>…</sub-question><ret>KB</ret>
     answer step:     <think>…</think><answer>…</answer>
-KB is text, table or none (any case); the sub-question must not be empty. Parsed with regexes
-after counting the tags (so parsing is linear in the length), never evaluated.
+Tags are found case-insensitively (the text is lower-cased), the first pair of each, with any text
+around them; a state reads only the tags of its kind. <ret> holds KB names (text, table, none)
+separated by commas.
 
-Rewards (R1-Router, Easy-R1 `reward_score/step.py`), `score_step(state, response)`:
-    retrieval state: 0.5·cos(emb(sub-question), emb(gold sub-question))
-                     + 0.5·1[the <ret> content names exactly one KB and it is the gold KB]
-    answer state:    token recall of the answer against the gold (SQuAD normalisation); 1 if the
-                     recall is 1 for a gold of ≤ 5 words (or several golds), the recall itself for
-                     one gold of > 5 words, else 0.
-    anything unparseable, or the wrong kind of step (an answer at a retrieval state or the
-    reverse), or longer than MAX_RESPONSE_CHARS: 0. emb = all-MiniLM-L6-v2 (kb.Embedder; R1-Router
-    used BGE-M3). Recall rewards long answers that list many names: that is R1-Router's reward.
+Rewards (R1-Router `ret_accuracy_reward` / `ans_accuracy_reward`), `score_step(state, response)`:
+    retrieval state: 0 when a tag is missing, a <ret> item is not a KB name, or "none" is listed
+                     with another item; else 0.5·cos(emb(sub-question), emb(gold sub-question))
+                     + 0.5·1[<ret> holds exactly one item and it is the gold KB]
+    answer state:    0 when a tag is missing; else the token recall of the answer against the gold
+                     (SQuAD normalisation): 1 if the recall is 1 for a gold of ≤ 5 words (or
+                     several golds), the recall itself for one gold of > 5 words, else 0.
+    Responses longer than MAX_RESPONSE_CHARS score 0. emb = all-MiniLM-L6-v2 (kb.Embedder, an
+    uncased model, so lower-casing the sub-question changes nothing; R1-Router used BGE-M3).
+    Recall rewards long answers that list many names: that is R1-Router's reward. Deviations are
+    listed in response.py.
 `compute_score(data_source, solution_str, ground_truth, extra_info)` is the same reward with the
 label carried by the row (verl signature), and `make_dataset(n_questions, seed)` the rows.
 """
 from __future__ import annotations
 
 import random
-import re
-import string
-from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
 from .kb import (KB_NAMES, Embedder, KnowledgeBases, Passage, TableKB, TextKB,
                  default_embedder)
+from .response import (MAX_RESPONSE_CHARS, SHORT_GOLD_WORDS, Parsed, answer_reward,  # noqa: F401
+                       normalize_answer, parse_response, ret_items_error, token_recall)
 
 DATA_SOURCE = "hyflow/kbqa"
-MAX_RESPONSE_CHARS = 20_000
-SHORT_GOLD_WORDS = 5
 
 # ----------------------------------------------------------------------------- world
 
@@ -414,91 +414,29 @@ def build_prompt(state: StepState, system_prompt: str | None = SYSTEM_PROMPT) ->
     return msgs + [{"role": "user", "content": "\n".join(lines)}]
 
 
-# ----------------------------------------------------------------------------- parsing
-
-_TAGS = ("<think>", "</think>", "<sub-question>", "</sub-question>", "<ret>", "</ret>", "<answer>", "</answer>")
-_RET_RE = re.compile(r"\s*<think>(.*?)</think>\s*<sub-question>(.*?)</sub-question>\s*<ret>(.*?)</ret>\s*", re.S)
-_ANS_RE = re.compile(r"\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*", re.S)
-_KB_WORD = re.compile(r"\b(" + "|".join(KB_NAMES) + r")\b")
-
-
-@dataclass(frozen=True)
-class Parsed:
-    kind: str                 # "ret" | "ans"
-    think: str
-    sub_question: str = ""
-    kbs: tuple[str, ...] = ()  # every KB name written in <ret>, in order
-    answer: str = ""
-
-
-def parse_response(text) -> Parsed | None:
-    """The step a response writes, or None when it does not follow the grammar (module doc)."""
-    if not isinstance(text, str) or len(text) > MAX_RESPONSE_CHARS:
-        return None
-    counts = {t: text.count(t) for t in _TAGS}
-    if counts["<think>"] != 1 or counts["</think>"] != 1:
-        return None
-    ret_tags, ans_tags = _TAGS[2:6], _TAGS[6:]
-    if all(counts[t] == 1 for t in ret_tags) and not any(counts[t] for t in ans_tags):
-        m = _RET_RE.fullmatch(text)
-        if m is None or not m.group(2).strip():
-            return None
-        return Parsed("ret", m.group(1).strip(), m.group(2).strip(),
-                      tuple(_KB_WORD.findall(m.group(3).lower())))
-    if all(counts[t] == 1 for t in ans_tags) and not any(counts[t] for t in ret_tags):
-        m = _ANS_RE.fullmatch(text)
-        return None if m is None else Parsed("ans", m.group(1).strip(), answer=m.group(2).strip())
-    return None
-
-
 # ----------------------------------------------------------------------------- rewards
-
-def normalize_answer(s: str) -> str:
-    """SQuAD normalisation: lower case, no punctuation, no articles, single spaces."""
-    s = "".join(ch for ch in s.lower() if ch not in set(string.punctuation))
-    s = re.sub(r"\b(a|an|the)\b", " ", s)
-    return " ".join(s.split())
-
-
-def token_recall(prediction: str, gold: str) -> float:
-    """Share of the gold's normalised tokens (with multiplicity) found in the prediction."""
-    g = normalize_answer(gold).split()
-    if not g:
-        return 0.0
-    common = Counter(normalize_answer(prediction).split()) & Counter(g)
-    return sum(common.values()) / len(g)
-
-
-def answer_reward(prediction: str, golds: Sequence[str]) -> tuple[float, float]:
-    """(reward, best recall): 1 if the recall is 1 and the gold is short (≤ 5 words) or there are
-    several golds; the recall for a single long gold; else 0 (R1-Router)."""
-    golds = [g for g in golds if isinstance(g, str)]
-    if not golds:
-        raise ValueError("answers must hold at least one gold answer string")
-    recall = max(token_recall(prediction, g) for g in golds)
-    if len(golds) == 1 and len(normalize_answer(golds[0]).split()) > SHORT_GOLD_WORDS:
-        return recall, recall
-    return (1.0 if recall == 1.0 else 0.0), recall
-
 
 def score_step(state: StepState, response_text, embedder: Embedder | None = None) -> tuple[float, dict]:
     """(reward, info) of one response at `state` (module doc). Never raises on the response;
-    ValueError on a malformed state. info: kind, format_ok, and kb_correct + cos (ret) or recall (ans)."""
+    ValueError on a malformed state. info: kind, format_ok (the tags of the state's kind were found
+    and the <ret> items are valid), and kb_correct + cos (ret) or recall (ans), or error."""
     if state.kind not in ("ret", "ans"):
         raise ValueError(f"state.kind must be 'ret' or 'ans', got {state.kind!r}")
     if state.kind == "ret" and (state.gold_kb not in KB_NAMES or not state.gold_sub_question):
         raise ValueError(f"retrieval state {state.state_id!r} needs gold_sub_question and gold_kb in "
                          f"{KB_NAMES}, got {state.gold_sub_question!r}, {state.gold_kb!r}")
     info: dict = {"kind": state.kind, "format_ok": False}
-    parsed = parse_response(response_text)
+    parsed = parse_response(response_text, state.kind)
     if parsed is None:
-        return 0.0, {**info, "error": "unparseable"}
-    if parsed.kind != state.kind:
-        return 0.0, {**info, "error": f"wrote a {parsed.kind} step at a {state.kind} state"}
-    info["format_ok"] = True
+        needs = "<think>, <sub-question>, <ret>" if state.kind == "ret" else "<think>, <answer>"
+        return 0.0, {**info, "error": f"unparseable: a {state.kind} step needs {needs}"}
     if state.kind == "ans":
         reward, recall = answer_reward(parsed.answer, state.answers)
-        return reward, {**info, "recall": recall}
+        return reward, {**info, "format_ok": True, "recall": recall}
+    error = ret_items_error(parsed.kbs)
+    if error is not None:  # R1-Router: any non-KB item (or "none" with another) -> the whole reward 0
+        return 0.0, {**info, "error": error}
+    info["format_ok"] = True
     emb = embedder or default_embedder()
     emb.pin([state.gold_sub_question])
     cos = emb.cosine(parsed.sub_question, state.gold_sub_question)

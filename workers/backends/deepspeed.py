@@ -44,9 +44,17 @@ ZERO_STAGES = (1, 2, 3)
 TAG = "hyflow"  # the checkpoint tag: one checkpoint per folder
 
 
+def _name_accelerator() -> None:
+    """Tell DeepSpeed the accelerator before it is imported; its auto-detection warns "unable to
+    detect" on every CPU run (workers/quiet.py)."""
+    import torch
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+
+
 def warmup() -> str:
     """Build (or load from the cache) the op DeepSpeed compiles on CPU: the shared-memory comm op
     that every `deepspeed.init_distributed` / `deepspeed.initialize` loads. Returns its path."""
+    _name_accelerator()
     from deepspeed.comm.torch import build_shm_op
     op = build_shm_op()
     return getattr(op, "__file__", "not built (the accelerator has no shm op)")
@@ -90,6 +98,7 @@ class DeepSpeedBackend(DataParallelBackend):
         """Load the HF model of `kind` (LoRA-injected when lora_rank > 0) and hand it to
         `deepspeed.initialize` with AdamW over its trainable parameters (none when not trainable:
         a forward-only engine; ZeRO-3 still partitions the weights). Collective."""
+        _name_accelerator()
         import deepspeed
 
         t0 = time.perf_counter()

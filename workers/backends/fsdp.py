@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 import time
 from typing import Iterator
 
@@ -395,20 +394,8 @@ class FSDPBackend(DataParallelBackend):
             set_model_state_dict(self.model, state["model"], options=opts)
 
     def save_hf(self, path: str) -> None:
-        """Gather the full weights to rank 0, which writes an HF folder (safetensors + config +
-        the tokenizer files of model_path). A LoRA run writes the merged weights there and the
-        peft adapter folder to `path/adapter`. Collective; returns once the folder is complete."""
-        model = self._require_model()
-        if self.lora is not None:
-            self._export_hf(path)
-            return
-        sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        if self.rank == 0:
-            os.makedirs(path, exist_ok=True)
-            model.save_pretrained(path, state_dict=sd, safe_serialization=True)
-            for name in TOKENIZER_FILES:
-                src = os.path.join(self.model_path, name)
-                if os.path.isfile(src):
-                    shutil.copy2(src, os.path.join(path, name))
-        del sd
-        dist.barrier()
+        """Gather the full weights to rank 0 bucket by bucket, which writes an HF folder
+        (safetensors with a tied weight stored once + config + the tokenizer files of model_path).
+        A LoRA run writes the merged weights there and the peft adapter folder to `path/adapter`.
+        Collective; returns once the folder is complete."""
+        self._export_hf(path)

@@ -197,8 +197,11 @@ def write_hf_folder(path: str, state_dict: dict[str, torch.Tensor], model: torch
     from safetensors.torch import save_file
 
     os.makedirs(path, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in state_dict.items()}, os.path.join(path, "model.safetensors"),
-              metadata={"format": "pt"})
+    weights = os.path.join(path, "model.safetensors")
+    save_file({k: v.contiguous() for k, v in state_dict.items()}, weights, metadata={"format": "pt"})
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(weights, 0o666 & ~umask)  # safetensors creates it 0600; the rest of the folder is 0644
     config = copy.deepcopy(model.config)
     config.architectures = [architecture or type(model).__name__]
     config.save_pretrained(path)

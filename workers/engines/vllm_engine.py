@@ -34,6 +34,7 @@ import torch
 
 from workers.backends.lora import LoraSpec, check_adapter_pairs, check_adapter_tensors, is_lora_name, write_adapter
 from workers.engines.base import Completion, RolloutEngine, SamplingSpec
+from workers.quiet import configure_vllm_logging
 
 EXTENSION = "workers.engines.vllm_ext.WeightUpdateExtension"
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's allowed max_lora_rank values
@@ -78,6 +79,7 @@ class VLLMEngine(RolloutEngine):
                  gpu_memory_utilization: float = 0.5, lora: dict | None = None):
         # In-process engine core; must be set before vLLM reads its env.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        configure_vllm_logging()  # known-harmless notices dropped from the first import on (workers/quiet.py)
         from vllm import LLM
 
         self.model_path = str(model_path)
@@ -110,7 +112,7 @@ class VLLMEngine(RolloutEngine):
         self.llm = LLM(model=self.model_path, dtype=dtype, max_model_len=max_model_len, seed=seed,
                        enforce_eager=enforce_eager, distributed_executor_backend="uni",
                        worker_extension_cls=EXTENSION, logprobs_mode="processed_logprobs",
-                       **kw)
+                       use_tqdm_on_load=False, **kw)
         self.start_seconds = time.perf_counter() - t0
         self.max_model_len = max_model_len
 
