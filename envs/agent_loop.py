@@ -132,7 +132,8 @@ def run_episodes(manager, generate: Callable[[list[list[int]]], list[tuple[list[
             penalty = 0.0 if valid else cfg.invalid_penalty
             samples.append(StepSample(prompts[k], resp, lps, finish, manager.group_of(i), i, t,
                                       str(infos[i].get("anchor", obs[i])), r.reward, penalty, valid, r.done,
-                                      {"task_type": infos[i].get("task_type", ""), "env_error": r.info.get("env_error")}))
+                                      {"task_type": infos[i].get("task_type", ""), "env_error": r.info.get("env_error"),
+                                       "observation": view(obs[i], infos[i]), "action": action}))
             history[i].append((view(obs[i], infos[i]), action))
             obs[i], infos[i] = r.observation, r.info
             returns[i] += r.reward

@@ -75,6 +75,10 @@ class ForDomain(ABC):
     def num_parents(self, problem, state) -> int:
         return 1
 
+    def state_text(self, problem, state) -> str:
+        """A state as text, for the run's trajectory dumps and `hyflow view`."""
+        return str(state)
+
     def ll_bonus(self, step_lls: Sequence[float], step_tokens: Sequence[int]) -> float:
         """FoR's likelihood term from the base model's log-likelihood of each chosen step
         (sequence log-prob ll_t over step_tokens[t] tokens); 0 for domains without one."""
@@ -176,6 +180,9 @@ class BlocksWorldDomain(ForDomain):
 
     def reward(self, problem, state, taken):
         return bw.for_reward(problem, state)
+
+    def state_text(self, problem, state) -> str:
+        return bw.describe_state(state)
 
     def energy(self, problem, state, taken):
         return bw.partial_energy(problem, state)

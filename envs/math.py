@@ -30,7 +30,7 @@ from typing import Callable
 from envs.math_answers import canonical_number, compute_score, extract_answer, parse_number, verify
 
 __all__ = ["MathProblem", "build_prompt", "canonical_number", "compute_score", "extract_answer",
-           "generate_problems", "load_gsm8k_jsonl", "load_problems", "load_verl_parquet", "verify",
+           "generate_problems", "verify",
            "DEFAULT_INSTRUCTION", "DEFAULT_SYSTEM_PROMPT", "TEMPLATES"]
 
 # None: the model's chat template supplies its own default system message (SmolLM2's
@@ -353,102 +353,6 @@ def generate_problems(n: int, levels=(1, 2), seed: int = 0) -> list[MathProblem]
         seen.add(q)
         out.append(MathProblem(q, str(a), level, SYNTHETIC_SOURCE))
     return out
-
-
-# ----------------------------------------------------------------------------- loaders
-
-def _gsm8k_row(row, where: str, default_source: str) -> MathProblem:
-    if not isinstance(row, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
-    for key in ("question", "answer"):
-        if not isinstance(row.get(key), str):
-            raise ValueError(f"{where}: field '{key}' is missing or not a string")
-    if "####" not in row["answer"]:
-        raise ValueError(f"{where}: field 'answer' has no '#### <number>' line")
-    final = row["answer"].rsplit("####", 1)[1].strip()
-    if parse_number(final) is None:
-        raise ValueError(f"{where}: the answer after '####' is not a number: {final!r}")
-    level = row.get("level", 0)
-    if not isinstance(level, int):
-        raise ValueError(f"{where}: field 'level' must be an int, got {level!r}")
-    return MathProblem(row["question"], canonical_number(final), level,
-                       str(row.get("data_source", default_source)))
-
-
-def load_gsm8k_jsonl(path: str | Path) -> list[MathProblem]:
-    """GSM8K rows {"question", "answer": "...#### 72"}, one JSON object a line (blank lines
-    skipped); the number after the last '####' (commas stripped) is the ground truth."""
-    path = Path(path)
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: invalid JSON ({e.msg})") from None
-            out.append(_gsm8k_row(row, where, GSM8K_SOURCE))
-    return out
-
-
-def _load_json(path: Path) -> list[MathProblem]:
-    """A .json file: a JSON list of GSM8K rows, or JSON lines under a .json name."""
-    text = path.read_text(encoding="utf-8")
-    try:
-        rows = json.loads(text)
-    except json.JSONDecodeError:
-        return load_gsm8k_jsonl(path)
-    if not isinstance(rows, list):
-        raise ValueError(f"{path}: expected a JSON list of rows, got {type(rows).__name__}")
-    return [_gsm8k_row(row, f"{path}: row {i}", GSM8K_SOURCE) for i, row in enumerate(rows)]
-
-
-VERL_COLUMNS = ("data_source", "prompt", "reward_model")
-
-
-def load_verl_parquet(path: str | Path) -> list[MathProblem]:
-    """verl-style rows {data_source, prompt: [{role, content}...], reward_model: {style,
-    ground_truth}, extra_info}; the question is the last user message, the answer the ground
-    truth (must be a number). extra_info["level"] sets the level when present (else 0)."""
-    import pyarrow.parquet as pq
-
-    path = Path(path)
-    table = pq.read_table(path)
-    for col in VERL_COLUMNS:
-        if col not in table.column_names:
-            raise ValueError(f"{path}: missing column '{col}' (has {table.column_names})")
-    out = []
-    for i, row in enumerate(table.to_pylist()):
-        where = f"{path}: row {i}"
-        prompt = row["prompt"]
-        users = [m.get("content") for m in prompt or [] if isinstance(m, dict) and m.get("role") == "user"]
-        if not users or not isinstance(users[-1], str):
-            raise ValueError(f"{where}: column 'prompt' has no user message with string content")
-        rm = row["reward_model"]
-        truth = rm.get("ground_truth") if isinstance(rm, dict) else None
-        if truth is None or parse_number(str(truth)) is None:
-            raise ValueError(f"{where}: reward_model.ground_truth is missing or not a number: {truth!r}")
-        extra = row.get("extra_info") or {}
-        level = extra.get("level", 0) if isinstance(extra, dict) else 0
-        out.append(MathProblem(users[-1], canonical_number(str(truth)), int(level or 0),
-                               str(row["data_source"])))
-    return out
-
-
-def load_problems(path: str | Path) -> list[MathProblem]:
-    """Load by suffix: .jsonl (GSM8K lines), .json (list or lines), .parquet (verl rows)."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        return load_gsm8k_jsonl(path)
-    if suffix == ".json":
-        return _load_json(path)
-    if suffix == ".parquet":
-        return load_verl_parquet(path)
-    raise ValueError(f"{path}: unsupported problem file suffix '{path.suffix}' "
-                     f"(expected .jsonl, .json or .parquet)")
 
 
 # ----------------------------------------------------------------------------- measurement

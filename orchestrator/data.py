@@ -1,8 +1,8 @@
 """Prompt data on the driver: rows -> chat-templated token ids, and a resumable cursor.
 
 A row is verl-shaped: {"prompt": chat messages, "data_source", "ground_truth", "extra_info"}.
-Rows come from generated math problems (default), a GSM8K jsonl / verl parquet file
-(`data.train_path`), or any `module:function(n, seed) -> rows` (`data.generator`, e.g. the
+Rows come from generated math problems (default), files (`data.train_path`, `data.val_path`:
+jsonl, json, parquet, a `datasets` folder; orchestrator/data_files.py), or any `module:function(n, seed) -> rows` (`data.generator`, e.g. the
 step states of the retrieval task). The cursor (epoch, position, shuffle seed) is all the state a
 checkpoint needs to resume the stream exactly: epoch e's permutation is a pure function of (seed, e).
 """
@@ -13,7 +13,8 @@ import logging
 
 import numpy as np
 
-from envs.math import build_prompt, generate_problems, load_problems
+from envs.math import build_prompt, generate_problems
+from orchestrator.data_files import load_prompt_rows
 from orchestrator.batch import Batch
 
 log = logging.getLogger(__name__)
@@ -31,9 +32,8 @@ def load_rows(data_cfg) -> list[dict]:
                 raise ValueError(f"data.generator {data_cfg.generator}: row {i} lacks {sorted(missing)}")
         return rows
     if data_cfg.train_path:
-        problems = load_problems(data_cfg.train_path)
-    else:
-        problems = generate_problems(data_cfg.num_generated, levels=tuple(data_cfg.difficulty), seed=data_cfg.seed)
+        return load_prompt_rows(data_cfg.train_path, "data.train_path", data_cfg.system_prompt)
+    problems = generate_problems(data_cfg.num_generated, levels=tuple(data_cfg.difficulty), seed=data_cfg.seed)
     return [{"prompt": build_prompt(p, system_prompt=data_cfg.system_prompt), "data_source": p.data_source,
              "ground_truth": p.answer, "extra_info": None} for p in problems]
 

@@ -7,16 +7,42 @@ as one JSON object on stdout. Only rollout engines are started: no trainer, no o
 """
 from __future__ import annotations
 
+import copy
 from functools import partial
 from pathlib import Path
 
-from orchestrator.config import Config
+from orchestrator.config import Config, ConfigError
+from orchestrator.dumps import write_jsonl
 from orchestrator.model_prep import resolve_model_path
 from orchestrator.resources import ResourcePool, init_ray
 from orchestrator.tasks import make_task, sampling_meta
 from orchestrator.worker_group import WorkerGroup
 from workers.quiet import ENGINE_ENV
 from workers.rollout import RolloutWorker, trim_padding
+
+
+def evaluate_for(cfg: Config, model_path: str, generations: str | None) -> dict:
+    """FoR recipes: sample the domain's validation problems from P_F (the FoR trainer's own
+    validation, in a scratch run directory), no training."""
+    import shutil
+    import tempfile
+
+    from orchestrator.for_trainer import ForTrainer
+    if cfg.for_.val_problems < 1:
+        raise ConfigError("for_.val_problems: must be >= 1 to evaluate a FoR recipe, got 0")
+    scratch = tempfile.mkdtemp(prefix="hyflow-eval-")
+    cfg.model.path, cfg.trainer.output_dir, cfg.trainer.resume, cfg.trainer.progress = model_path, scratch, False, False
+    cfg.trainer.loggers = ["console"]
+    trainer = ForTrainer(cfg)
+    try:
+        metrics = trainer.validate()
+        val = Path(scratch) / "val" / "step_0.jsonl"
+        if generations and val.exists():
+            shutil.copyfile(val, generations)
+        return {"model": model_path, "task": f"for/{cfg.for_.domain}", **metrics}
+    finally:
+        trainer.shutdown()
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 class CheckpointError(ValueError):
@@ -50,10 +76,19 @@ def model_folder_missing(folder: Path) -> list[str]:
     return missing
 
 
-def evaluate(cfg: Config, checkpoint: str | None = None) -> dict:
+def evaluate(cfg: Config, checkpoint: str | None = None, generations: str | None = None) -> dict:
+    """The recipe's own task, greedy and held-out: math accuracy, agent success, or (FoR recipes)
+    the FoR domain's accuracy / diversity over its validation problems. `generations`: a JSON-lines
+    file for what the model generated (the dump rows, orchestrator/dumps.py). With data.val_path the
+    whole file is evaluated."""
     from transformers import AutoTokenizer
 
+    cfg = copy.deepcopy(cfg)
+    if cfg.data.val_path:
+        cfg.data.val_size = 10**9  # every row of the file
     model_path = checkpoint or resolve_model_path(cfg.model.path)
+    if cfg.for_.enabled:
+        return evaluate_for(cfg, model_path, generations)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     r, ro = cfg.ray, cfg.rollout
     init_ray(address=r.address, num_cpus=r.num_cpus, object_store_mb=r.object_store_mb, dashboard=r.dashboard)
@@ -70,6 +105,8 @@ def evaluate(cfg: Config, checkpoint: str | None = None) -> dict:
         task = make_task(cfg, tokenizer, partial(sampling_meta, ro, tokenizer.eos_token_id), train=False,
                          helpers=pool.helper_slots(cfg.actor.cpus_per_worker * 0.1))
         metrics = task.validate(lambda prompts: trim_padding(rollout.generate(prompts)))
+        if generations:
+            write_jsonl(Path(generations), task.val_rows, cfg.trainer.dump_max_chars)
         return {"model": model_path, **metrics}
     finally:
         if task is not None:

@@ -48,8 +48,10 @@ from algorithms.replay import PrioritizedReplay, accept_improving, local_search_
 from envs.for_domains import ForDomain, make_domain
 from orchestrator.batch import Batch
 from orchestrator.checkpoint import checkpoint_dir, list_checkpoints, load_trainer_state, save_checkpoint
-from orchestrator.config import Config, save_yaml
+from orchestrator.config import Config, to_dict
+from orchestrator.dumps import Dumps
 from orchestrator.metrics import MetricsLog, Timer, console_line
+from orchestrator.run_dir import open_run_dir
 from orchestrator.model_prep import resolve_model_path
 from orchestrator.resources import ResourcePool, init_ray
 from orchestrator.worker_group import WorkerGroup
@@ -102,8 +104,7 @@ class ForTrainer:
 
         self.cfg, f = cfg, cfg.for_
         self.run_dir = Path(cfg.trainer.output_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_yaml(cfg, self.run_dir / "config.yaml")
+        keep_rows = open_run_dir(cfg)  # refuses a used folder unless resume / overwrite; before Ray starts
         if cfg.actor.lora_dropout > 0:  # the update's two passes must see the same function (gfn_actor.py)
             raise ValueError(f"actor.lora_dropout must be 0 for FoR training, got {cfg.actor.lora_dropout}")
         if f.ll_weight > 0 and cfg.actor.lora_rank == 0:
@@ -133,7 +134,9 @@ class ForTrainer:
             call_timeout_s=r.call_timeout_s)
         self.actor = self.group.role("actor")
         self.actor.setup()
-        self.metrics = MetricsLog(self.run_dir)
+        self.metrics = MetricsLog(self.run_dir, keep_through_step=keep_rows, loggers=cfg.trainer.loggers,
+                                  experiment=cfg.trainer.experiment_name, config=to_dict(cfg))
+        self.dumps = Dumps(self.run_dir, cfg.trainer.dump_rollouts_every, cfg.trainer.dump_max_chars)
 
     # ------------------------------------------------------------------ scoring and sampling
     def _tokens(self, pairs: list[tuple[str, str]]) -> tuple[list[list[int]], list[list[int]]]:
@@ -160,6 +163,7 @@ class ForTrainer:
         (FoR: the domain's untempered_pf_temp)."""
         d = self.domain
         trajs = [(pid, []) for pid in pids for _ in range(n)]
+        log_pf = [0.0] * len(trajs)  # Σ log P_F (temperature 1, no ε) of each sampled trajectory, for the dumps
         temps = [temp if self.rng.random() < temp_prob else base_temp for _ in trajs]
         states = [d.init(problems[pid]) for pid, _ in trajs]
         while True:
@@ -174,12 +178,16 @@ class ForTrainer:
                 logits = seq[k:k + len(cands[i])]
                 k += len(cands[i])
                 p = tempered_probs(logits, temps[i], epsilon).numpy()
-                a = cands[i][int(self.rng.choice(len(p), p=p / p.sum()))]
+                choice = int(self.rng.choice(len(p), p=p / p.sum()))
+                log_pf[i] += float(torch.log_softmax(torch.as_tensor(logits, dtype=torch.float64), -1)[choice])
+                a = cands[i][choice]
                 trajs[i][1].append(a)
                 states[i] = d.apply(problems[trajs[i][0]], states[i], a)
         out: dict[int, list[tuple]] = {pid: [] for pid in pids}
-        for pid, acts in trajs:
+        self.last_log_pf = {pid: [] for pid in pids}
+        for (pid, acts), lp in zip(trajs, log_pf):
             out[pid].append(tuple(acts))
+            self.last_log_pf[pid].append(lp)
         return out
 
     def _complete(self, problem):
@@ -256,6 +264,7 @@ class ForTrainer:
             with t("sample"):
                 trajs = self.sample(fresh, f.n_samples, self.problems, sch["epsilon"], sch["pf_temp"], f.pf_temp_prob,
                                     d.untempered_pf_temp)
+            sampled_log_pf = self.last_log_pf
             for p in replayed:
                 trajs[p] = [item for _, _, item in self.replay.sample(p, f.n_samples)]
             lr = dict(zip(pids, self._split(self.log_rewards([(p, a) for p in pids for a in trajs[p]]),
@@ -273,6 +282,9 @@ class ForTrainer:
             for p in pids:
                 for acts, r in zip(trajs[p], lr[p]):
                     self.replay.add(p, acts, r, acts)
+            if self.dumps.due(self.global_step + 1):
+                self.dumps.write("rollouts", self.global_step + 1, self.trajectory_rows(
+                    pids, trajs, lr, {p: sampled_log_pf.get(p, []) for p in fresh}, self.problems, replayed))
             batches = self.problem_batches([self.problems[p] for p in pids], [trajs[p] for p in pids],
                                            [lr[p] for p in pids], sch["reward_temp"])
             with t("train"):
@@ -291,6 +303,21 @@ class ForTrainer:
                                                       self.domain), "for"))
         row.update(t.times)
         return row
+
+    def trajectory_rows(self, pids, trajs, log_r, log_pf, problems, replayed=()) -> list[dict]:
+        """One "trajectory" row per trajectory (orchestrator/dumps.py); log_pf: the sampled ones'
+        Σ log P_F (replayed and local-search ones have none)."""
+        d, rows = self.domain, []
+        for p in pids:
+            prob = problems[p]
+            for j, acts in enumerate(trajs[p]):
+                lp = log_pf.get(p, [])
+                rows.append({"kind": "trajectory", "problem": p, "actions": list(acts),
+                             "states": [d.state_text(prob, s) for s in d.walk(prob, acts)],
+                             "log_r": log_r[p][j], "log_pf": lp[j] if j < len(lp) else None,
+                             "log_z": float(self.log_z[p]) if problems is self.problems else None,
+                             "correct": bool(d.correct(prob, acts)), "replayed": p in replayed})
+        return rows
 
     @staticmethod
     def _split(values: list, sizes: list[int]) -> list[list]:
@@ -329,6 +356,11 @@ class ForTrainer:
         if self.baseline is None:  # the first validation (step 0: LoRA B = 0, the base model) is the baseline
             self.baseline = {p: [list(a) for a in c] for p, c in correct.items()}
         out["val/creativity"] = creativity(correct, self.baseline)
+        if self.dumps.every:  # log R without the likelihood bonus (the base model scores training problems only)
+            val_lr = {p: [math.log(max(d.reward(q, d.walk(q, a)[-1], a), f.reward_floor)) for a in trajs[p]]
+                      for p, q in enumerate(self.val)}
+            self.dumps.write("val", self.global_step, self.trajectory_rows(
+                list(trajs), trajs, val_lr, self.last_log_pf, self.val))
         return out
 
     # ------------------------------------------------------------------ checkpoints and the run
@@ -344,7 +376,7 @@ class ForTrainer:
     def save(self) -> Path:
         state = self.state_dict()
         state.pop("step")
-        return save_checkpoint(self.run_dir, self.global_step, self.actor, state)
+        return save_checkpoint(self.run_dir, self.global_step, self.actor, state, keep_last=self.cfg.trainer.keep_last)
 
     def load(self, step: int) -> None:
         """Restore checkpoint `step` of this run directory: actor, buffer, log Z, cursor, RNG."""
@@ -365,11 +397,26 @@ class ForTrainer:
         self.global_step = int(s["step"])
 
     def fit(self) -> dict:
+        from tqdm import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
         cfg, last = self.cfg, {}
         if cfg.trainer.resume and list_checkpoints(self.run_dir):
             self.load(list_checkpoints(self.run_dir)[-1])
         if self.global_step == 0:
             self.metrics.log({"step": 0, **self.validate()})
+        bar = tqdm(total=cfg.trainer.total_steps, initial=self.global_step, desc="train", unit="step",
+                   disable=not cfg.trainer.progress, dynamic_ncols=True)
+        with logging_redirect_tqdm():
+            last = self._loop(bar)
+        bar.close()
+        ckpt = self.save()
+        png = self.metrics.plot_reward(train_key="for/log_r_mean", train_label="mean log R (sampled)")
+        log.info("done: checkpoint %s, reward curve %s", ckpt, png)
+        return last
+
+    def _loop(self, bar) -> dict:
+        cfg, last = self.cfg, {}
         while self.global_step < cfg.trainer.total_steps:
             last = self.step()
             every = cfg.trainer.val_every
@@ -378,13 +425,16 @@ class ForTrainer:
             self.metrics.log(last)
             if self.global_step % cfg.trainer.log_every == 0:
                 log.info(console_line(last))
+            bar.update(1)
+            bar.set_postfix(log_r=f"{last['for/log_r_mean']:.2f}", step_s=f"{last.get('timing/step_s', 0):.0f}")
             if cfg.trainer.save_every and self.global_step % cfg.trainer.save_every == 0 \
                     and self.global_step != cfg.trainer.total_steps:
                 self.save()
-        log.info("done: checkpoint %s", self.save())
         return last
 
     def shutdown(self) -> None:
+        if getattr(self, "metrics", None) is not None:
+            self.metrics.close()
         self.group.shutdown()
         self.pool.shutdown()
 

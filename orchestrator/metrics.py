@@ -1,4 +1,12 @@
-"""Run-directory outputs: metrics.jsonl (one JSON object per step), console lines, reward.png."""
+"""Run-directory outputs: metrics.jsonl (one JSON object per step, always), console lines,
+reward.png, and the trackers named in `trainer.loggers`:
+
+- "tensorboard": event files in RUN_DIR/tensorboard (`tensorboard --logdir RUN_DIR/tensorboard`);
+- "wandb": an offline run in RUN_DIR/wandb (no network; `wandb sync RUN_DIR/wandb/offline-run-*`
+  uploads it later from a machine that has one).
+Both come with the `tracking` extra (`pip install -e '.[tracking]'`; `scripts/setup.sh --test`
+installs it). Every numeric value of a row is logged at the row's `step`.
+"""
 from __future__ import annotations
 
 import json
@@ -37,19 +45,31 @@ class MetricsLog:
     None: start a new file. A torn last line (a crash or a full disk mid-write) is dropped with a
     warning; a bad line anywhere else is an error naming the file and line."""
 
-    def __init__(self, run_dir: Path, keep_through_step: int | None = None):
+    def __init__(self, run_dir: Path, keep_through_step: int | None = None, loggers: list[str] = (),
+                 experiment: str = "hyflow", config: dict | None = None):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / "metrics.jsonl"
         self.rows: list[dict] = []
         if keep_through_step is not None and self.path.exists():
             self.rows = [r for r in read_metrics(self.path) if r.get("step", 0) <= keep_through_step]
             self._rewrite()
+        self.trackers = [make_tracker(name, self.run_dir, experiment, config or {})
+                         for name in loggers if name != "console"]
 
     def log(self, row: dict) -> None:
         row = {k: _plain(v) for k, v in row.items()}
         self.rows.append(row)
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
+        numeric = {k: float(v) for k, v in row.items()
+                   if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        for t in self.trackers:
+            t.log(numeric, int(row["step"]))
+
+    def close(self) -> None:
+        for t in self.trackers:
+            t.close()
+        self.trackers = []
 
     def _rewrite(self) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")
@@ -59,18 +79,20 @@ class MetricsLog:
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
 
-    def plot_reward(self, filename: str = "reward.png") -> Path:
+    def plot_reward(self, filename: str = "reward.png", train_key: str = "reward/mean",
+                    train_label: str = "train reward (sampled)") -> Path:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        steps = [r["step"] for r in self.rows if "reward/mean" in r]
-        rewards = [r["reward/mean"] for r in self.rows if "reward/mean" in r]
+        steps = [r["step"] for r in self.rows if isinstance(r.get(train_key), (int, float))]
+        rewards = [r[train_key] for r in self.rows if isinstance(r.get(train_key), (int, float))]
         fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
-        ax.plot(steps, rewards, marker="o", label="train reward (sampled)")
-        val = [(r["step"], r["val/accuracy"]) for r in self.rows if "val/accuracy" in r]
-        if val:
-            ax.plot(*zip(*val), marker="s", linestyle="--", label="val accuracy (greedy)")
+        ax.plot(steps, rewards, marker="o", label=train_label)
+        for key, label in (("val/accuracy", "val accuracy"), ("val/success_rate", "val success rate")):
+            val = [(r["step"], r[key]) for r in self.rows if isinstance(r.get(key), (int, float))]
+            if val:
+                ax.plot(*zip(*val), marker="s", linestyle="--", label=label)
         ax.set_xlabel("step")
         ax.set_ylabel("reward")
         ax.grid(alpha=0.3)
@@ -80,6 +102,48 @@ class MetricsLog:
         fig.savefig(out)
         plt.close(fig)
         return out
+
+
+TRACKERS = ("console", "tensorboard", "wandb")
+
+
+class _TensorBoard:
+    def __init__(self, run_dir: Path):
+        from torch.utils.tensorboard import SummaryWriter
+        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+    def log(self, values: dict, step: int) -> None:
+        for k, v in values.items():
+            self.writer.add_scalar(k, v, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class _Wandb:
+    def __init__(self, run_dir: Path, experiment: str, config: dict):
+        import wandb
+        os.environ.setdefault("WANDB_SILENT", "true")
+        self.run = wandb.init(mode="offline", dir=str(run_dir), project="hyflow", name=experiment, config=config,
+                              reinit="create_new")
+
+    def log(self, values: dict, step: int) -> None:
+        self.run.log(values, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+def make_tracker(name: str, run_dir: Path, experiment: str, config: dict):
+    try:
+        if name == "tensorboard":
+            return _TensorBoard(run_dir)
+        if name == "wandb":
+            return _Wandb(run_dir, experiment, config)
+    except ImportError as e:
+        raise RuntimeError(f"trainer.loggers: {name!r} needs the tracking extra (pip install -e '.[tracking]'): {e}") from None
+    raise ValueError(f"trainer.loggers: unknown logger {name!r}; choose from {list(TRACKERS)}")
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -111,7 +175,8 @@ def console_line(row: dict) -> str:
     keys = [("reward/mean", "reward", "{:.3f}"), ("response_length/mean", "len", "{:.0f}"),
             ("actor/pg_loss", "pg", "{:+.4f}"), ("actor/kl", "kl", "{:.4f}"), ("actor/entropy", "ent", "{:.3f}"),
             ("timing/step_s", "step_s", "{:.1f}"), ("sync/max_abs_diff", "sync_diff", "{:.1e}"),
-            ("env/success_rate", "success", "{:.3f}"), ("val/accuracy", "val_acc", "{:.3f}"),
+            ("env/success_rate", "success", "{:.3f}"), ("for/log_r_mean", "log_r", "{:.2f}"),
+            ("for/accuracy", "acc", "{:.3f}"), ("val/accuracy", "val_acc", "{:.3f}"),
             ("val/success_rate", "val_success", "{:.3f}")]
     parts = [f"step {row['step']}"]
     parts += [f"{short}={fmt.format(row[k])}" for k, short, fmt in keys if isinstance(row.get(k), (int, float))]

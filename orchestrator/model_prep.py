@@ -116,12 +116,21 @@ def prepare(force: bool = False) -> Path:
 
 
 def resolve_model_path(name: str) -> str:
-    """The embedded alias -> its prepared folder; anything else is returned as given."""
+    """The embedded alias -> its prepared folder; an existing folder -> its path (~ expanded); a name
+    written as a path ('/x', './x', '~/x', 'a/b/c') that is no folder -> FileNotFoundError (transformers
+    would take it for a hub repo id and fail with "Repo id must be in the form ..."); anything else (a
+    hub id such as 'org/name') is returned as given."""
     if name == EMBEDDED_NAME:
         folder = embedded_model_dir()
         if not (folder / MANIFEST).exists():
             raise FileNotFoundError(f"the embedded model is not prepared at {folder}: run `bash scripts/setup.sh`")
         return str(folder)
+    folder = os.path.expanduser(name)
+    if os.path.isdir(folder):
+        return folder
+    if name.startswith(("/", "./", "../", "~")) or name in (".", "..") or name.count("/") >= 2:
+        raise FileNotFoundError(f"{folder} is a file, not a model folder" if os.path.exists(folder)
+                                else f"no such model folder: {folder}")
     return name
 
 

@@ -41,6 +41,7 @@ class Workers:
     weight_sync: WeightSync
     groups: list
     helpers: HelperSlots     # the bundles' reserve for helper actors (env actors)
+    shares: dict             # role -> Ray resources its workers hold (cost accounting)
 
     def shutdown(self) -> None:
         for g in self.groups:
@@ -99,8 +100,12 @@ def build_workers(cfg: Config, model_path: str, tokenizer, with_critic: bool = F
     sync = BucketedWeightSync(actor, rollout, int(cfg.weight_sync.bucket_mb * 2**20), probe,
                               verify=cfg.weight_sync.verify, tolerance=cfg.weight_sync.tolerance, mode=sync_mode)
     sync.check()  # engine and trainer start from the same checkpoint: prove it before step 1
+    n = a.world_size
+    shares = {"trainer": {"CPU": n * a.cpus_per_worker * SHARE_TRAINER, "GPU": n * gpus * SHARE_TRAINER},
+              "rollout": {"CPU": ro.num_replicas * a.cpus_per_worker * SHARE_ROLLOUT, "GPU": ro.num_replicas * gpus * 0.4},
+              "helpers": {"CPU": n * a.cpus_per_worker * SHARE_HELPERS}}
     return Workers(pool, actor, ref, critic, rollout, sync, [rollout, trainers],
-                   pool.helper_slots(a.cpus_per_worker * SHARE_HELPERS))
+                   pool.helper_slots(a.cpus_per_worker * SHARE_HELPERS), shares)
 
 
 def _as_dict(section) -> dict:

@@ -19,6 +19,7 @@ import torch
 from envs.agent_loop import AgentLoopConfig, run_episodes
 from orchestrator.batch import Batch
 from orchestrator.data import PromptDataset, encode_prompt, load_rows
+from orchestrator.data_files import load_prompt_rows
 from workers.reward import RewardFn
 from workers.rollout import pack_sequences
 
@@ -27,15 +28,19 @@ class PromptTask:
     def __init__(self, cfg, tokenizer, sampling_meta):
         d = cfg.data
         rows = load_rows(d)
-        n_val = min(d.val_size, len(rows) // 2)
+        # Held-out rows: data.val_path's (data.val_size of them at most), else the source's last val_size.
+        val_rows = load_prompt_rows(d.val_path, "data.val_path", d.system_prompt)[:d.val_size] if d.val_path else None
+        n_val = 0 if val_rows is not None else min(d.val_size, len(rows) // 2)
         source = d.generator or d.train_path or "generated math problems"
         self.data = PromptDataset(rows[:len(rows) - n_val], tokenizer, d.max_prompt_tokens, d.batch_size,
                                   d.shuffle, d.seed, cfg.model.chat_template, source=source)
         # Held-out rows for greedy validation (the last val_size of the source).
-        self.val = PromptDataset(rows[len(rows) - n_val:], tokenizer, d.max_prompt_tokens, 1, False,
-                                 d.seed, cfg.model.chat_template, source=source) if n_val else None
-        self.reward = RewardFn(cfg.reward.function, tokenizer, cfg.reward.crash_penalty)
-        self.n, self.sampling_meta = cfg.rollout.n, sampling_meta
+        val_rows = val_rows if val_rows is not None else rows[len(rows) - n_val:]
+        self.val = PromptDataset(val_rows, tokenizer, d.max_prompt_tokens, 1, False, d.seed, cfg.model.chat_template,
+                                 source=d.val_path or source) if val_rows else None
+        self.reward = RewardFn.from_config(cfg.reward, tokenizer)  # scored in worker processes, time-limited
+        self.n, self.sampling_meta, self.tok = cfg.rollout.n, sampling_meta, tokenizer
+        self.val_rows: list[dict] = []  # the last validation's generations (dump rows)
 
     def collect(self, generate, step: int) -> tuple[Batch, dict]:
         prompts = self.data.next_batch().repeat(self.n)   # groups stay adjacent
@@ -49,8 +54,27 @@ class PromptTask:
             return {}
         rows = self.val.rows(np.arange(len(self.val)))
         rows.meta.update(self.sampling_meta(rows["prompt_ids"], seed=0, greedy=True))
-        scores, _ = self.reward(generate(rows).union(rows))
+        out = generate(rows).union(rows)
+        scores, _ = self.reward(out)
+        out["scores"] = scores
+        self.val_rows = self.dump_rows(out)
         return {"val/accuracy": scores.mean().item(), "val/n": len(rows)}
+
+    def dump_rows(self, batch: Batch) -> list[dict]:
+        """One "sample" row per generation (orchestrator/dumps.py)."""
+        mask = batch["response_mask"].bool()
+        adv = batch["advantages"] if "advantages" in batch else None
+        rows = []
+        for i in range(len(batch)):
+            m = mask[i]
+            rows.append({"kind": "sample", "group": str(batch["uid"][i]),
+                         "prompt": self.tok.decode(batch["prompt_ids"][i]),
+                         "response": self.tok.decode(batch["responses"][i][m].tolist(), skip_special_tokens=True),
+                         "reward": float(batch["scores"][i]),
+                         "advantage": float(adv[i][m].mean()) if adv is not None and m.any() else None,
+                         "length": int(m.sum()), "finish_reason": str(batch["finish_reason"][i]),
+                         "data_source": str(batch["data_source"][i]), "ground_truth": str(batch["ground_truth"][i])})
+        return rows
 
     def state_dict(self) -> dict:
         return self.data.state_dict()
@@ -59,7 +83,7 @@ class PromptTask:
         self.data.load_state_dict(state)
 
     def close(self) -> None:
-        pass
+        self.reward.close()
 
 
 class AgentTask:
@@ -85,6 +109,8 @@ class AgentTask:
                                    opts and opts[sizes[0]:]) if e.val_groups else None
         self.show_progress = cfg.trainer.progress
         self.episodes = 0  # the data cursor: groups played so far
+        self.last: tuple[list, list] = ([], [])  # the last rollout's (step samples, episodes), for dumps
+        self.val_rows: list[dict] = []
 
     def _play(self, envs, generate, seeds, greedy: bool, step: int):
         def gen(prompt_ids: list[list[int]]):
@@ -110,6 +136,7 @@ class AgentTask:
         seeds = [self.cfg.env.seed + self.episodes + k for k in range(g)]
         self.episodes += g
         samples, episodes = self._play(self.train_envs, generate, seeds, False, step)
+        self.last = (samples, episodes)
         if not samples:
             raise RuntimeError(empty_batch_reason(episodes, self.train_envs))
         batch = samples_to_batch(samples, episodes, step, self.tok.pad_token_id or 0)
@@ -122,8 +149,14 @@ class AgentTask:
         if self.val_envs is None:
             return {}
         seeds = [10**6 + self.cfg.env.seed + k for k in range(self.cfg.env.val_groups)]  # disjoint from training
-        _, episodes = self._play(self.val_envs, generate, seeds, True, 0)
+        samples, episodes = self._play(self.val_envs, generate, seeds, True, 0)
+        self.val_rows = episode_rows(samples, episodes, None, self.tok)
         return episode_metrics(episodes, "val")
+
+    def dump_rows(self, batch: Batch) -> list[dict]:
+        """One "episode" row per trajectory of the last rollout, turn by turn (orchestrator/dumps.py)."""
+        samples, episodes = self.last
+        return episode_rows(samples, episodes, batch, self.tok)
 
     def state_dict(self) -> dict:
         return {"episodes": self.episodes}
@@ -170,6 +203,23 @@ def samples_to_batch(samples, episodes, step: int, pad_token_id: int) -> Batch:
     b["penalties"] = torch.tensor([s.penalty for s in samples], dtype=torch.float32)
     b["scores"] = torch.tensor([ret[s.traj] - s.penalty for s in samples], dtype=torch.float32)
     return b
+
+
+def episode_rows(samples, episodes, batch, tok) -> list[dict]:
+    """Episodes with their turns; `batch` (the samples in order, with advantages) or None."""
+    adv = None
+    if batch is not None and "advantages" in batch:
+        mask = batch["response_mask"].bool()
+        adv = [float(a[m].mean()) if m.any() else 0.0 for a, m in zip(batch["advantages"], mask)]
+    turns: dict[int, list] = defaultdict(list)
+    for k, s in enumerate(samples):
+        turns[s.traj].append({"observation": s.info.get("observation", ""), "action": s.info.get("action", ""),
+                              "response": tok.decode(s.response_ids, skip_special_tokens=True),
+                              "env_reward": s.env_reward, "penalty": s.penalty, "valid": s.valid,
+                              "anchor": s.anchor, "advantage": adv[k] if adv is not None else None})
+    return [{"kind": "episode", "group": str(e["group"]), "traj": e["traj"], "won": bool(e["won"]),
+             "return": e["return"], "task_type": e["task_type"], "length": e["steps"], "turns": turns[e["traj"]]}
+            for e in episodes]
 
 
 def episode_metrics(episodes: list[dict], prefix: str) -> dict:

@@ -22,7 +22,9 @@ import algorithms
 from algorithms.kl_control import make_kl_controller, mean_sequence_kl, token_rewards_with_kl
 from orchestrator.batch import Batch
 from orchestrator.checkpoint import checkpoint_dir, list_checkpoints, load_trainer_state, save_checkpoint
-from orchestrator.config import Config
+from orchestrator.config import Config, to_dict
+from orchestrator.cost import step_costs, summarize, summary_line
+from orchestrator.dumps import Dumps
 from orchestrator.metrics import MetricsLog, Timer, console_line
 from orchestrator.model_prep import resolve_model_path
 from orchestrator.placement import Workers, build_workers
@@ -51,7 +53,9 @@ class Trainer:
         # Single-turn prompts or multi-turn env episodes (built after Ray is up: envs are actors).
         self.sampling_meta = partial(sampling_meta, cfg.rollout, self.tokenizer.eos_token_id)
         self.task = make_task(cfg, self.tokenizer, self.sampling_meta, helpers=self.w.helpers)
-        self.metrics = MetricsLog(self.run_dir, keep_through_step=keep_rows)
+        self.metrics = MetricsLog(self.run_dir, keep_through_step=keep_rows, loggers=cfg.trainer.loggers,
+                                  experiment=cfg.trainer.experiment_name, config=to_dict(cfg))
+        self.dumps = Dumps(self.run_dir, cfg.trainer.dump_rollouts_every, cfg.trainer.dump_max_chars)
         self.global_step = 0
 
     # ------------------------------------------------------------------ one step
@@ -73,6 +77,8 @@ class Trainer:
                 metrics.update(self.penalize_kl_in_reward(batch))
             adv = self.advantage(**self.advantage_inputs(batch))
             batch.update(adv if isinstance(adv, dict) else {"advantages": adv})
+            if self.dumps.due(self.global_step + 1):  # what was generated, scored and credited
+                self.dumps.write("rollouts", self.global_step + 1, self.task.dump_rows(batch))
             with t("train"):
                 w.rollout.sleep()
                 train = pad_with_masked_rows(batch, cfg.actor.world_size)  # equal shards, no extra loss
@@ -102,6 +108,7 @@ class Trainer:
             last = self._loop(bar)
         ckpt = self.save()
         png = self.metrics.plot_reward()
+        log.info(summary_line(summarize(self.metrics.rows, self.run_dir)))
         log.info("done: checkpoint %s, reward curve %s", ckpt, png)
         return last
 
@@ -120,8 +127,12 @@ class Trainer:
         return last
 
     def validate(self) -> dict:
-        """Greedy, held-out: math accuracy, or agent success rate (overall and per task type)."""
-        return self.task.validate(self.generate)
+        """Greedy, held-out: math accuracy, or agent success rate (overall and per task type); the
+        generations go to val/step_N.jsonl."""
+        out = self.task.validate(self.generate)
+        if self.dumps.every:
+            self.dumps.write("val", self.global_step, self.task.val_rows)
+        return out
 
     def generate(self, prompts: Batch) -> Batch:
         return trim_padding(self.w.rollout.generate(prompts))
@@ -205,6 +216,11 @@ class Trainer:
         row.update(times)
         row["throughput/tokens_per_s"] = n_tokens / times["timing/step_s"]
         row["throughput/rollout_tokens_per_s"] = mask.sum().item() / times["timing/rollout_s"]
+        pool = self.w.pool
+        row.update(step_costs(times, self.w.shares, {"CPU": pool.cpus_per_bundle * pool.n_bundles,
+                                                     "GPU": pool.gpus_per_bundle * pool.n_bundles}))
+        row.update({"cost/samples": len(batch), "cost/tokens_generated": int(mask.sum()),
+                    "cost/tokens_trained": n_tokens * self.cfg.actor.ppo_epochs})
         row.update({"sync/bytes": sync.bytes, "sync/buckets": sync.buckets, "sync/verified": sync.verified,
                     "sync/max_abs_diff": sync.max_abs_diff, "sync/transfer_s": sync.transfer_seconds,
                     "sync/gather_s": sync.gather_seconds, "sync/send_s": sync.send_seconds})
@@ -223,6 +239,8 @@ class Trainer:
         return {"reward/kl": seq_kl, "reward/kl_coef": beta}
 
     def shutdown(self) -> None:
+        if getattr(self, "metrics", None) is not None:
+            self.metrics.close()
         if getattr(self, "task", None) is not None:
             self.task.close()
         self.w.shutdown()

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up .venv with the right stack for this machine and prepare the embedded default model.
 #   bash scripts/setup.sh            # CPU stack here, CUDA stack where `nvidia-smi` works
-#   bash scripts/setup.sh --test     # + what the test suite needs: the `alfworld` extra (compiles ~2.5 min)
+#   bash scripts/setup.sh --test     # + what the test suite needs: the `alfworld` extra (compiles ~2.5 min),
+#                                    #   the `tracking` extra and Debian's chromium (for `hyflow view`'s tests)
 # Idempotent: a second run checks a stamp and the model checksum and does nothing else.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,6 +53,18 @@ if [ "$WITH_TEST" = 1 ] && ! "$VENV/bin/python" -c "import alfworld, textworld" 
   echo "[setup] installing the alfworld extra (builds jericho and Fast Downward from source)"
   # fast-downward's build runs a bare `python`: the venv's must come first on PATH.
   PATH="$PWD/$VENV/bin:$PATH" "$VENV/bin/python" -m pip install --quiet --progress-bar off -e ".[alfworld]"
+fi
+if [ "$WITH_TEST" = 1 ] && ! "$VENV/bin/python" -c "import tensorboard, wandb" 2>/dev/null; then
+  echo "[setup] installing the tracking extra (tensorboard, wandb)"
+  "$VENV/bin/python" -m pip install --quiet --progress-bar off -e ".[tracking]"
+fi
+if [ "$WITH_TEST" = 1 ] && ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "[setup] installing Debian's chromium (headless browser for the viewer's tests)"
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "[setup] chromium not found and cannot apt-get it here: the viewer's browser tests will skip" >&2
+  fi
 fi
 if [ "$WITH_TEST" = 1 ] && [ "$STACK" = cpu ]; then
   # DeepSpeed's CPU shared-memory comm op compiles once (~1-4 min cold) into ~/.cache/torch_extensions.

@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from orchestrator.config import (
-    Config, ConfigError, _f, apply_overrides, describe, from_dict, load_config, save_yaml, to_dict)
+    Config, ConfigError, apply_overrides, describe, from_dict, load_config, save_yaml, to_dict)
+from orchestrator.config_schema import _f
 
 
 def write(tmp_path: Path, text: str, name: str = "recipe.yaml") -> str:
@@ -254,7 +255,7 @@ def test_describe_lists_every_key():
         for f in dataclasses.fields(cls):
             tp = typing.get_type_hints(cls)[f.name]
             yield from paths(tp, pre + f.name + ".") if dataclasses.is_dataclass(tp) else [pre + f.name]
-    assert listed == set(paths(Config)) and len(listed) == 130  # 3+10+12+23+10+14+2+5+9+11+5+26
+    assert listed == set(paths(Config)) and len(listed) == 150  # 3+11+12+23+10+14+6+5+9+14+5+26+12
 
 
 # ------------------------------------------------------------------- generic machinery on a toy schema

@@ -430,6 +430,21 @@ def test_for_recipe_runs_one_step(recipe, ray_cluster, tiny_model_dir, tmp_path)
         assert key in last, key
     assert 0 <= last["val/accuracy"] <= 1 and last["for/replay_size"] >= 2
     assert (run / "checkpoints/step_1/trainer_state.json").exists()
+    # Dumps: the step's trajectories (with log R as logged) and the validation's; the reward curve.
+    dump = [json.loads(line) for line in (run / "rollouts/step_1.jsonl").read_text().splitlines()]
+    assert {d["kind"] for d in dump} == {"trajectory"} and len(dump) >= 2 * 2
+    fresh = [d for d in dump if d["log_pf"] is not None]
+    assert fresh and all(d["log_pf"] <= 0 and len(d["states"]) == len(d["actions"]) + 1 for d in fresh)
+    assert sum(d["log_r"] for d in dump) / len(dump) == pytest.approx(last["for/log_r_mean"])
+    assert (run / "val/step_0.jsonl").exists() and (run / "reward.png").stat().st_size > 1000
+    if recipe == "for_blocksworld.yaml":  # hyflow eval on a FoR recipe reports the FoR task
+        from orchestrator.evaluate import evaluate
+        gens = tmp_path / "gens.jsonl"
+        out = evaluate(cfg, str(run / "checkpoints/step_1/hf"), str(gens))
+        assert out["task"] == "for/blocksworld" and 0 <= out["val/accuracy"] <= 1 and "val/diversity" in out
+        rows = [json.loads(line) for line in gens.read_text().splitlines()]
+        assert len(rows) == 2 and all(r["kind"] == "trajectory" for r in rows)  # 1 problem x 2 samples
+        assert_all_cpus_released(ray_cluster)
 
 
 def test_one_for_iteration_with_the_embedded_model_and_restore(ray_cluster, tmp_path):

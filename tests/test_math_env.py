@@ -1,4 +1,4 @@
-"""The math task: answer extraction, verification, the problem generator, loaders, reward plumbing."""
+"""The math task: answer extraction, verification, the problem generator, reward plumbing."""
 from __future__ import annotations
 
 import json
@@ -6,13 +6,11 @@ import logging
 import random
 import re
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 import envs.math as m
 from envs.math import (MathProblem, build_prompt, compute_score, extract_answer, generate_problems,
-                       load_gsm8k_jsonl, load_problems, load_verl_parquet, verify)
+                       verify)
 from envs.rewards import load_reward_fn, score_batch
 
 # ----------------------------------------------------------------------------- extraction
@@ -183,77 +181,6 @@ def test_hand_checked_problems():
          "each. How many dollars does Ava have left?", "27", 3),             # 49 - 12 - 10
     ]
 
-
-# ----------------------------------------------------------------------------- loaders
-
-
-def test_gsm8k_jsonl(tmp_path):
-    path = tmp_path / "g.jsonl"
-    rows = [{"question": "Q1?", "answer": "2 + 70 = 72\n#### 72"},
-            {"question": "Q2?", "answer": "big\n#### 1,234"},
-            {"question": "Q3?", "answer": "#### 2.50", "level": 2, "data_source": "mine"}]
-    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
-    got = load_gsm8k_jsonl(path)
-    assert got == [MathProblem("Q1?", "72", 0, "openai/gsm8k"), MathProblem("Q2?", "1234", 0, "openai/gsm8k"),
-                   MathProblem("Q3?", "2.5", 2, "mine")]
-    assert load_problems(path) == got
-    # the same rows as a JSON list under .json
-    jpath = tmp_path / "g.json"
-    jpath.write_text(json.dumps(rows))
-    assert load_problems(jpath) == got
-
-
-@pytest.mark.parametrize("bad,why", [
-    ('{"question": "Q", "answer": "#### 5"', "invalid JSON"),
-    ('[1, 2]', "expected a JSON object"),
-    ('{"answer": "#### 5"}', "field 'question' is missing"),
-    ('{"question": "Q", "answer": "five"}', "no '#### <number>'"),
-    ('{"question": "Q", "answer": "#### five"}', "not a number: 'five'"),
-])
-def test_gsm8k_jsonl_errors_name_line(tmp_path, bad, why):
-    path = tmp_path / "bad.jsonl"
-    path.write_text('{"question": "Q", "answer": "#### 1"}\n\n' + bad + "\n")
-    with pytest.raises(ValueError, match=re.escape(f"{path}:3: ") + ".*" + re.escape(why)):
-        load_gsm8k_jsonl(path)
-
-
-def _verl_table(**drop):
-    cols = {
-        "data_source": ["openai/gsm8k", "other"],
-        "prompt": [[{"role": "system", "content": "sys"}, {"role": "user", "content": "old"},
-                    {"role": "assistant", "content": "a"}, {"role": "user", "content": "Q1?"}],
-                   [{"role": "user", "content": "Q2?"}]],
-        "ability": ["math", "math"],
-        "reward_model": [{"style": "rule", "ground_truth": "72"}, {"style": "rule", "ground_truth": "1,000.0"}],
-        "extra_info": [{"split": "train", "index": 0, "level": 3}, {"split": "train", "index": 1, "level": None}],
-    }
-    return pa.table({k: v for k, v in cols.items() if k not in drop})
-
-
-def test_verl_parquet(tmp_path):
-    path = tmp_path / "train.parquet"
-    pq.write_table(_verl_table(), path)
-    got = load_verl_parquet(path)
-    assert got == [MathProblem("Q1?", "72", 3, "openai/gsm8k"), MathProblem("Q2?", "1000", 0, "other")]
-    assert load_problems(path) == got
-
-
-@pytest.mark.parametrize("col", ["data_source", "prompt", "reward_model"])
-def test_verl_parquet_missing_column(tmp_path, col):
-    path = tmp_path / "t.parquet"
-    pq.write_table(_verl_table(**{col: True}), path)
-    with pytest.raises(ValueError, match=re.escape(f"{path}: missing column '{col}'")):
-        load_verl_parquet(path)
-
-
-def test_verl_parquet_bad_ground_truth_and_suffix(tmp_path):
-    path = tmp_path / "t.parquet"
-    t = _verl_table().set_column(3, "reward_model", pa.array([{"style": "rule", "ground_truth": "x"}] * 2))
-    pq.write_table(t, path)
-    with pytest.raises(ValueError, match=r"row 0: reward_model.ground_truth .* not a number: 'x'"):
-        load_verl_parquet(path)
-    with pytest.raises(ValueError, match=r"unsupported problem file suffix '\.csv'"):
-        load_problems(tmp_path / "p.csv")
 
 # ----------------------------------------------------------------------------- rewards
 

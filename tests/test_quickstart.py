@@ -51,6 +51,19 @@ def test_metrics_contract(quickstart_run):
     assert cfg["trainer"]["total_steps"] == 2 and cfg["rollout"]["n"] == 2
 
 
+def test_summary_counts_the_run(quickstart_run):
+    out, proc = quickstart_run
+    s = json.loads((out / "summary.json").read_text())
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if "reward/mean" in r]
+    assert s["steps"] == 2 and s["samples"] == 2 * 4 * 2  # steps x prompts x samples per prompt
+    assert s["wall_s"] == pytest.approx(sum(r["timing/step_s"] for r in train))
+    assert s["cpu_hours_reserved"] == pytest.approx(2 * s["wall_s"] / 3600)  # 2 ranks x 1 CPU held
+    assert 0 < s["cpu_hours_busy"] <= s["cpu_hours_reserved"]
+    assert s["tokens_generated"] == sum(r["cost/tokens_generated"] for r in train)
+    assert "summary: 2 steps" in proc.stderr
+
+
 def test_checkpoint_reloads_with_transformers(quickstart_run):
     import torch
     from transformers import AutoModelForCausalLM

@@ -3,6 +3,7 @@ path as `hyflow train`, shrunk by overrides); each estimator's advantages reach 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,33 @@ def test_every_recipe_starts_with_its_command():
     for name in RECIPES:
         first = (REPO / "configs" / name).read_text().splitlines()[0]
         assert first == f"# hyflow train configs/{name}", (name, first)
+
+
+def header_overrides(name: str) -> list[str]:
+    """The `key=value` overrides a recipe's header comment suggests (its GPU-sized line and the
+    lines that continue it), placeholders filled with plausible values."""
+    out, on = [], False
+    for line in (REPO / "configs" / name).read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        text = line.lstrip("#").strip()
+        on = "GPU-sized" in text or (on and "=" in text and not text.startswith("("))
+        if on:
+            for tok in text.split():
+                if re.fullmatch(r"[a-z_]+(\.[a-z_0-9]+)+=\S+", tok):
+                    key, value = tok.split("=", 1)
+                    value = {"<GPUs>": "8", "$ALFWORLD_DATA": "/data/alfworld"}.get(value, value)
+                    out.append(f"{key}={'/models/x' if value.startswith('<') else value}")
+    return out
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_every_recipe_header_validates(name):
+    """Every override a recipe's header suggests loads (a header that lies costs a user a GPU start)."""
+    overrides = header_overrides(name)
+    if "quickstart" in name or "math" in name or "webshop" in name or "alfworld" in name or "for_" in name:
+        assert overrides, f"{name}: no GPU-sized overrides found in its header"
+    load_config(str(REPO / "configs" / name), overrides)
 
 
 def assert_all_cpus_released(ray, timeout_s: float = 15.0):
@@ -73,6 +101,57 @@ def test_recipe_runs_one_step(name, ray_cluster, tiny_model_dir, tmp_path):
     if cfg.env.name:  # agent recipes: episodes ran in the env actors, success reported per task type
         assert 0 <= step["env/success_rate"] <= 1 and step["env/length_mean"] >= 1
         assert any(k.startswith("val/success/") for k in step)
+    assert_dumps_match_metrics(run, step, cfg)
+    if name in ("grpo_math.yaml", "gigpo_webshop.yaml"):
+        assert_view_shows_the_rollouts(run, tmp_path)
+
+
+def assert_view_shows_the_rollouts(run: Path, tmp_path: Path) -> None:
+    """`hyflow view` of this real run, loaded in headless Chromium: the dumped responses (or the
+    episodes' actions) are in the rendered page."""
+    import subprocess
+    from orchestrator.view import main as view_main
+    from tests.test_view import CHROMIUM, FLAGS, _Tree
+    if not CHROMIUM.exists():
+        return
+    assert view_main([str(run), "--out", str(tmp_path / "view.html")]) == 0
+    res = subprocess.run([str(CHROMIUM), *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
+                          (tmp_path / "view.html").as_uri() + "#src=rollouts&step=1"],
+                         capture_output=True, text=True, timeout=120)
+    tree = _Tree()
+    tree.feed(res.stdout)
+    body = tree.root.one("body")
+    assert body.attrs.get("data-ready") == "1", res.stderr[-2000:]
+    text = body.text()
+    dump = [json.loads(line) for line in (run / "rollouts" / "step_1.jsonl").read_text().splitlines()]
+    shown = [d["response"] for d in dump if d["kind"] == "sample" and d["response"].strip()]
+    shown += [t["action"] for d in dump if d["kind"] == "episode" for t in d["turns"] if t["action"].strip()]
+    assert shown and any(s.strip()[:40] in text for s in shown), text[:2000]
+
+
+def assert_dumps_match_metrics(run: Path, step: dict, cfg) -> None:
+    """rollouts/step_1.jsonl holds what the step trained on: its rewards (or episode returns and
+    successes) average to the logged metrics; every sample / turn has text and an advantage."""
+    dump = [json.loads(line) for line in (run / "rollouts" / "step_1.jsonl").read_text().splitlines()]
+    if cfg.env.name:
+        assert {d["kind"] for d in dump} == {"episode"}
+        assert len(dump) == cfg.data.batch_size * cfg.rollout.n
+        assert sum(d["won"] for d in dump) / len(dump) == pytest.approx(step["env/success_rate"])
+        assert sum(d["return"] for d in dump) / len(dump) == pytest.approx(step["env/return_mean"])
+        assert sum(d["length"] for d in dump) / len(dump) == pytest.approx(step["env/length_mean"])
+        turns = [t for d in dump for t in d["turns"]]
+        assert len(turns) == sum(d["length"] for d in dump)
+        assert all(isinstance(t["advantage"], float) and isinstance(t["observation"], str) for t in turns)
+    else:
+        assert {d["kind"] for d in dump} == {"sample"}
+        assert len(dump) == cfg.data.batch_size * cfg.rollout.n
+        assert sum(d["reward"] for d in dump) / len(dump) == pytest.approx(step["reward/mean"], abs=1e-6)
+        assert sum(d["length"] for d in dump) / len(dump) == pytest.approx(step["response_length/mean"])
+        assert all(d["prompt"] and isinstance(d["advantage"], float) for d in dump)
+        groups = {}
+        for d in dump:
+            groups.setdefault(d["group"], []).append(d)
+        assert all(len(g) == cfg.rollout.n for g in groups.values())
 
 
 @pytest.mark.parametrize("backend,mode", [("fsdp", "adapter"), ("deepspeed", "merge")])

@@ -65,9 +65,9 @@ class ActorWorker(Worker):
         c, world = self.cfg, self.dp_size
         policy_loss = algorithms.get_policy_loss(self.algo.get("policy_loss", "ppo_clip"))
         temperature = batch.meta.get("temperature", 1.0)
-        mini = c["mini_batch_size"] // world if c["mini_batch_size"] else len(batch)
-        if mini <= 0 or len(batch) % mini:
-            raise ValueError(f"actor.mini_batch_size={c['mini_batch_size']} does not split the rank shard of {len(batch)} rows")
+        # mini_batch_size counts samples over all ranks; agent batches vary in size, so the last
+        # mini-batch may be smaller (every rank has an equal shard, hence as many mini-batches).
+        mini = max(c["mini_batch_size"] // world, 1) if c["mini_batch_size"] else len(batch)
         token_mean = c["loss_agg"] == "token-mean"
         history: list[dict[str, float]] = []
         for _ in range(c["ppo_epochs"]):

@@ -68,10 +68,10 @@ class CriticWorker(Worker):
         for name in UPDATE_FIELDS:
             if name not in batch.tensors:
                 raise ValueError(f"critic update: batch is missing the tensor field {name!r} (have {sorted(batch.keys())})")
-        mini = c["mini_batch_size"] // world if c["mini_batch_size"] else len(batch)
-        if c["mini_batch_size"] % world or mini <= 0 or len(batch) % mini:
-            raise ValueError(f"critic.mini_batch_size={c['mini_batch_size']} does not split {world} rank "
-                             f"shards of {len(batch)} rows evenly")
+        if c["mini_batch_size"] % world:
+            raise ValueError(f"critic.mini_batch_size={c['mini_batch_size']} is not divisible by the {world} ranks")
+        # Samples over all ranks; agent batches vary in size, so the last mini-batch may be smaller.
+        mini = max(c["mini_batch_size"] // world, 1) if c["mini_batch_size"] else len(batch)
         agg, token_mean = c["loss_agg"], c["loss_agg"] == "token-mean"
         history: list[dict[str, float]] = []
         for _ in range(c["ppo_epochs"]):

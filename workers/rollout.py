@@ -15,8 +15,10 @@ import torch
 from orchestrator.batch import Batch
 from orchestrator.worker_group import Dispatch, register
 from workers.base import Worker
+from workers.dist import bind_gloo
 from workers.engines import make_engine
-from workers.engines.base import SamplingSpec
+from workers.backends.lora import is_lora_name
+from workers.engines.base import SamplingSpec, UpdateLedger, weight_report
 
 
 class RolloutWorker(Worker):
@@ -27,10 +29,15 @@ class RolloutWorker(Worker):
         self.engine_kwargs = dict(engine_kwargs or {})
         self.pad_token_id, self.seed = pad_token_id, seed
         self.engine = None
+        self._ledger: UpdateLedger | None = None  # what the current / last weight update sent
+        self._ledger_open = False
 
     @register(dispatch=Dispatch.ONE_TO_ALL)
     def setup(self) -> dict:
         t0 = time.time()
+        # vLLM's in-process engine creates gloo groups of its own: their listeners go where ours go
+        # (loopback on a single node; workers/dist.py).
+        bind_gloo()
         # vLLM disables torch.set_num_threads for its whole process; give the engine the cores
         # this worker was granted (the trainers are idle while it generates).
         self.engine = make_engine(self.engine_kind, self.model_path, seed=self.seed + self.rank, **self.engine_kwargs)
@@ -57,17 +64,33 @@ class RolloutWorker(Worker):
         return self.engine.score(sequences, starts)
 
     # Weight sync: called by the trainer's rank 0 (load_weights) and the driver (begin/finish).
+    # With `fingerprints` (the sync's verification), every base tensor that arrives is fingerprinted
+    # in the engine's dtype, for `weight_report` to compare with what the engine holds afterwards.
     @register(dispatch=Dispatch.ONE_TO_ALL)
-    def begin_weight_update(self) -> None:
+    def begin_weight_update(self, fingerprints: bool = True) -> None:
         self.engine.begin_weight_update()
+        if self._ledger is None or not self._ledger_open:  # an update left open keeps its ledger
+            self._ledger = UpdateLedger(self.engine.weight_dtype) if fingerprints else None
+        self._ledger_open = True
 
     def load_weights(self, named_tensors: dict[str, torch.Tensor]) -> int:
-        self.engine.load_weights(named_tensors)
+        self.engine.load_weights(named_tensors)  # checks names and shapes first
+        if self._ledger is not None:
+            self._ledger.add(named_tensors, skip=is_lora_name)
         return len(named_tensors)
 
     @register(dispatch=Dispatch.ONE_TO_ALL)
     def finish_weight_update(self) -> None:
         self.engine.finish_weight_update()
+        self._ledger_open = False
+
+    @register(dispatch=Dispatch.ONE_TO_ALL)
+    def weight_report(self, full: bool = True) -> dict:
+        """What the last update sent vs what the engine holds (workers.engines.base.weight_report);
+        `full`: the update had to bring every base tensor (not an adapter-only update)."""
+        if self._ledger is None or self._ledger_open:
+            raise RuntimeError(f"rollout replica {self.rank}: no finished weight update with fingerprints to report on")
+        return weight_report(self.engine, self._ledger, full)
 
     @register(dispatch=Dispatch.ONE_TO_ALL)
     def sleep(self) -> None:

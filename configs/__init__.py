@@ -1,0 +1,1 @@
+"""The packaged recipes: `hyflow train quickstart` finds configs/quickstart.yaml here."""
