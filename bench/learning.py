@@ -2,6 +2,7 @@
 
     python bench/learning.py math                      # (a) GRPO, Dr.GRPO, RLOO, REINFORCE++, PPO on math
     python bench/learning.py math --steps 40 --only grpo,ppo --out bench_results/learning
+    python bench/learning.py rm --steps 40             # (b) PPO against a trained reward model
     python bench/learning.py report                    # tables + PNG curves from the finished runs
 
 Each run is `hyflow train` in a child process with its own run directory under --out/runs/; a run
@@ -10,6 +11,11 @@ every run's metrics.jsonl and writes --out/learning.md, PNG curves and prints on
 the comparisons. Suite (a), at equal samples per step (32) and equal steps: the embedded
 SmolLM2-135M on generated level-1 word problems (the quickstart's task), greedy accuracy on the
 same 128 held-out problems before and after, with 95 % Wilson intervals.
+Suite (b), RLHF: preference pairs (`--pairs format`: a concise `#### n` answer preferred, instant;
+`--pairs math`: the embedded model's verified-correct vs incorrect answers, slow), a reward model
+trained on them (`hyflow train-rm configs/rm_math.yaml`), then PPO with a critic against that
+reward model only (configs/ppo_rm_math.yaml): the RM's score and the rule-verified accuracy,
+side by side, per step (learning_rm.png).
 """
 from __future__ import annotations
 
@@ -81,6 +87,89 @@ def run_math(out: Path, steps: int, only: list[str], val_every: int) -> None:
         print(f"[learning] {name}: exit {rc} after {time.time() - t0:.0f} s", flush=True)
 
 
+RM_PPO = ["data.batch_size=8", "rollout.n=2", "rollout.max_new_tokens=64", "data.val_size=64",
+          "trainer.progress=false", "trainer.save_every=0", "critic.micro_batch_size=4", "actor.micro_batch_size=4"]
+
+
+def _call(args: list[str], log_path: Path) -> int:
+    print(f"[learning] {' '.join(args[1:])}", flush=True)
+    t0 = time.time()
+    with open(log_path, "w") as log:
+        rc = subprocess.call(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                             env={**os.environ, "PYTHONPATH": str(REPO)})
+    print(f"[learning] exit {rc} after {time.time() - t0:.0f} s (log {log_path})", flush=True)
+    return rc
+
+
+def run_rm(out: Path, steps: int, val_every: int, pairs: str) -> None:
+    """Suite (b): pairs -> reward model -> PPO against it (each stage skipped once done)."""
+    data = out / f"pairs_{pairs}.jsonl"
+    if not data.exists():
+        extra = ["--n", "128"]  # ~15 optimizer steps an epoch at rm.batch_size=8
+        if _call([sys.executable, "-m", "envs.preferences", pairs, "--out", str(data), *extra], out / "pairs.log"):
+            raise SystemExit("pair generation failed")
+    rm = out / "runs" / f"rm_{pairs}"
+    if not (rm / "hf" / "config.json").exists():
+        if _call([sys.executable, "-m", "orchestrator.cli", "train-rm", "configs/rm_math.yaml",
+                  f"rm.train_path={data}", f"rm.output_dir={rm}", "rm.overwrite=true", "rm.batch_size=8"],
+                 out / "rm_train.log"):
+            raise SystemExit("reward-model training failed")
+    run = out / "runs" / f"ppo_rm_{pairs}"
+    if finished(run, steps):
+        print(f"[learning] ppo_rm_{pairs}: done already ({run})", flush=True)
+        return
+    _call([sys.executable, "-m", "orchestrator.cli", "train", "configs/ppo_rm_math.yaml", *RM_PPO,
+           f"reward.model.path={rm / 'hf'}", f"trainer.total_steps={steps}", f"trainer.val_every={val_every}",
+           f"trainer.output_dir={run}", f"trainer.experiment_name=ppo_rm_{pairs}", "trainer.overwrite=true"],
+          out / f"ppo_rm_{pairs}.log")
+
+
+def report_rm(out: Path) -> dict:
+    """learning_rm.md / .png for every finished suite-(b) run; its JSON keys."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    result, lines = {}, ["| pairs | RM held-out accuracy | steps | RM score (first 5 → last 5 steps) | "
+                         "rule accuracy, sampled (first 5 → last 5) | val accuracy (greedy) | val RM score |",
+                         "|---|---|---|---|---|---|---|"]
+    for run in sorted((out / "runs").glob("ppo_rm_*")):
+        pairs = run.name[len("ppo_rm_"):]
+        rows = [r for r in rows_of(run) if "reward/model_mean" in r]
+        rm_rows = [r for r in rows_of(out / "runs" / f"rm_{pairs}") if "val/accuracy" in r]
+        if len(rows) < 10:
+            continue
+        head, tail = rows[:5], rows[-5:]
+        mean = lambda rs, k: sum(r[k] for r in rs) / len(rs)  # noqa: E731
+        val = [r for r in rows_of(run) if "val/accuracy" in r]
+        rm_acc = rm_rows[-1]["val/accuracy"] if rm_rows else float("nan")
+        lines.append(f"| {pairs} | {rm_acc:.3f} | {rows[-1]['step']} | {mean(head, 'reward/model_mean'):+.3f} → "
+                     f"{mean(tail, 'reward/model_mean'):+.3f} | {mean(head, 'reward/function_mean'):.3f} → "
+                     f"{mean(tail, 'reward/function_mean'):.3f} | {val[0]['val/accuracy']:.3f} → "
+                     f"{val[-1]['val/accuracy']:.3f} | {val[0].get('val/model_score', float('nan')):+.3f} → "
+                     f"{val[-1].get('val/model_score', float('nan')):+.3f} |")
+        result[pairs] = {"rm_val_accuracy": rm_acc,
+                         "rm_score_delta": mean(tail, "reward/model_mean") - mean(head, "reward/model_mean"),
+                         "rule_accuracy_delta": mean(tail, "reward/function_mean") - mean(head, "reward/function_mean"),
+                         "val_accuracy_delta": val[-1]["val/accuracy"] - val[0]["val/accuracy"]}
+        fig, ax1 = plt.subplots(figsize=(7, 4), dpi=110)
+        steps = [r["step"] for r in rows]
+        ax1.plot(steps, [r["reward/model_mean"] for r in rows], color="tab:blue", label="RM score (sampled)")
+        ax1.set(xlabel="step", ylabel="reward-model score", title=f"PPO against a reward model ({pairs} pairs)")
+        ax2 = ax1.twinx()
+        ax2.plot(steps, [r["reward/function_mean"] for r in rows], color="tab:orange", label="rule accuracy (sampled)")
+        ax2.plot([r["step"] for r in val], [r["val/accuracy"] for r in val], "o--", color="tab:red",
+                 label="rule accuracy (greedy, held out)")
+        ax2.set(ylabel="rule-verified accuracy", ylim=(0, 1))
+        fig.legend(loc="upper left", fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / f"learning_rm_{pairs}.png")
+    if result:
+        (out / "learning_rm.md").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+    return {f"rm_{p}_{k}": round(v, 4) for p, r in result.items() for k, v in r.items()}
+
+
 def report(out: Path) -> dict:
     import matplotlib
     matplotlib.use("Agg")
@@ -118,13 +207,15 @@ def report(out: Path) -> dict:
     (out / "learning.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     summary = {f"math_{k}_delta": round(v["delta"], 4) for k, v in result.items()}
+    summary.update(report_rm(out))
     print(json.dumps(summary))
     return summary
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("suite", choices=["math", "report"])
+    ap.add_argument("suite", choices=["math", "rm", "report"])
+    ap.add_argument("--pairs", choices=["format", "math"], default="format", help="suite (b)'s preference pairs")
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--val-every", type=int, default=10)
     ap.add_argument("--only", default=",".join(MATH), help="comma-separated algorithms of suite (a)")
@@ -133,6 +224,8 @@ def main() -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     if a.suite == "math":
         run_math(a.out, a.steps, a.only.split(","), a.val_every)
+    if a.suite == "rm":
+        run_rm(a.out, a.steps, a.val_every, a.pairs)
     report(a.out)
     return 0
 

@@ -204,8 +204,31 @@ class CriticConfig:
 
 
 @dataclass
+class RewardModelConfig:
+    """A learned reward model (RLHF): an HF folder with a scalar head, e.g. `hyflow train-rm`'s hf/,
+    served as a worker group that scores every (prompt, response) of single-turn tasks."""
+    path: Optional[str] = _f(None, "reward-model folder (AutoModelForSequenceClassification, one label, the policy's "
+                                   "tokenizer); null = no reward model")
+    weight: float = _f(1.0, "weight of the reward model's score in the reward")
+    placement: Literal["colocate", "separate"] = _f(
+        "colocate", "colocate: one scoring process per trainer bundle, inside the trainer's processes; separate: "
+                    "its own pool of reward.model.world_size bundles")
+    world_size: int = _f(1, "ranks of a separate reward-model pool (placement=separate)")
+    micro_batch_size: int = _f(8, "sequences per reward-model forward on each rank")
+
+    def validate(self) -> None:
+        _check(self.path is None or bool(str(self.path).strip()), "reward.model.path", "must not be empty (or null)")
+        _check(self.world_size >= 1, "reward.model.world_size", f"must be >= 1, got {self.world_size}")
+        _check(self.micro_batch_size >= 1, "reward.model.micro_batch_size", f"must be >= 1, got {self.micro_batch_size}")
+
+
+@dataclass
 class RewardConfig:
     function: str = _f("envs.math:compute_score", "reward function: 'module:function' or 'path/to/file.py:function'")
+    function_weight: float = _f(1.0, "weight of reward.function's score in the reward; with a reward model, reward = "
+                                     "function_weight x function + reward.model.weight x model (both logged apart)")
+    model: RewardModelConfig = field(default_factory=RewardModelConfig,
+                                     metadata={"help": "a learned reward model scoring every response"})
     crash_penalty: float = _f(0.0, "reward given when the reward function raises, times out or kills its process (counted)")
     timeout_s: float = _f(10.0, "seconds one reward call may take; a slower call scores crash_penalty (reward/timed_out) "
                                 "and its process is replaced")
@@ -329,6 +352,9 @@ class TrainerConfig:
                              "step); a fresh start when there is none")
     overwrite: bool = _f(False, "start afresh in a non-empty output_dir, deleting the outputs of the run there")
     keep_last: int = _f(0, "keep only the newest this many checkpoints (0 = keep all)")
+    max_restarts: int = _f(3, "dead workers replaced per run before it stops: a dead rollout engine is rebuilt and its "
+                              "generation redone; a dead trainer rank rebuilds all workers from the newest checkpoint "
+                              "(needs save_every > 0)")
     loggers: list[str] = _f(["console"], "where metrics go besides metrics.jsonl: console, tensorboard (RUN_DIR/tensorboard), "
                                          "wandb (offline, RUN_DIR/wandb); the last two need the tracking extra")
     dump_rollouts_every: int = _f(1, "write rollouts/step_N.jsonl (and val/step_N.jsonl) every this many steps (0 = off)")
@@ -345,6 +371,7 @@ class TrainerConfig:
         _check(self.save_every >= 0, "trainer.save_every", f"must be >= 0, got {self.save_every}")
         _check(self.val_every >= 0, "trainer.val_every", f"must be >= 0, got {self.val_every}")
         _check(self.keep_last >= 0, "trainer.keep_last", f"must be >= 0, got {self.keep_last}")
+        _check(self.max_restarts >= 0, "trainer.max_restarts", f"must be >= 0, got {self.max_restarts}")
         for i, name in enumerate(self.loggers):
             _check(name in ("console", "tensorboard", "wandb"), f"trainer.loggers[{i}]",
                    f"expected one of ['console', 'tensorboard', 'wandb'], got {name!r}")
@@ -361,14 +388,49 @@ class RayConfig:
     num_cpus: Optional[int] = _f(None, "CPUs for a local cluster (null = all of the machine's)")
     object_store_mb: int = _f(512, "object store size of a local cluster (MiB)")
     dashboard: bool = _f(False, "start the Ray dashboard with a local cluster")
-    call_timeout_s: float = _f(1800.0, "seconds to wait for any worker call before failing the run")
+    call_timeout_s: float = _f(1800.0, "seconds to wait for a worker call outside the phases below (start-up, "
+                                       "checkpoints) before failing the run")
+    # Per-phase deadlines: a rank that does not answer in time fails the run, naming the phase and
+    # the rank. On 2 CPU cores a quickstart step takes ~40 s, its rollout ~15 s and its sync ~3 s:
+    # the defaults leave a wide margin for bigger models and slower machines.
+    timeout_rollout_s: float = _f(1800.0, "deadline of one rollout call (sampled generation)")
+    timeout_train_s: float = _f(1800.0, "deadline of one train call (log-probs, values, one update)")
+    timeout_sync_s: float = _f(600.0, "deadline of each weight-sync call, and of rank 0's wait for the engines to load the weights")
+    timeout_validation_s: float = _f(1800.0, "deadline of one validation call (greedy generation)")
 
     def validate(self) -> None:
         _check(bool(self.address.strip()), "ray.address", "must not be empty")
         if self.num_cpus is not None:
             _check(self.num_cpus >= 1, "ray.num_cpus", f"must be >= 1 (or null), got {self.num_cpus}")
         _check(self.object_store_mb >= 1, "ray.object_store_mb", f"must be >= 1, got {self.object_store_mb}")
-        _check(self.call_timeout_s > 0, "ray.call_timeout_s", f"must be > 0, got {self.call_timeout_s}")
+        for key in ("call_timeout_s", "timeout_rollout_s", "timeout_train_s", "timeout_sync_s", "timeout_validation_s"):
+            value = getattr(self, key)
+            _check(value > 0, f"ray.{key}", f"must be > 0, got {value}")
+
+
+@dataclass
+class ResourcesConfig:
+    """Where the trainer's ranks run: one Ray placement bundle per device (a GPU; on a CPU cluster,
+    actor.cpus_per_worker CPUs), one rank per bundle; the engine replicas share the first bundles."""
+    nnodes: Optional[int] = _f(None, "nodes the run spans (null = not set: actor.world_size bundles wherever "
+                                     "resources.strategy puts them)")
+    devices_per_node: Optional[int] = _f(None, "devices (ranks) per node; nnodes x devices_per_node = actor.world_size")
+    strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = _f(
+        "PACK", "how Ray spreads the bundles over nodes: PACK (fewest nodes), SPREAD (most nodes, best effort), "
+        "STRICT_PACK (one node or fail), STRICT_SPREAD (one bundle per node or fail)")
+
+    def validate(self) -> None:
+        missing, given = ("devices_per_node", "nnodes") if self.nnodes is not None else ("nnodes", "devices_per_node")
+        _check((self.nnodes is None) == (self.devices_per_node is None), f"resources.{missing}",
+               f"must be set together with resources.{given}")
+        if self.nnodes is None:
+            return
+        _check(self.nnodes >= 1, "resources.nnodes", f"must be >= 1, got {self.nnodes}")
+        _check(self.devices_per_node >= 1, "resources.devices_per_node", f"must be >= 1, got {self.devices_per_node}")
+        _check(self.strategy != "STRICT_PACK" or self.nnodes == 1, "resources.strategy",
+               f"STRICT_PACK keeps every bundle on one node, but resources.nnodes is {self.nnodes}")
+        _check(self.strategy != "STRICT_SPREAD" or self.devices_per_node == 1, "resources.strategy",
+               f"STRICT_SPREAD puts one bundle per node, but resources.devices_per_node is {self.devices_per_node}")
 
 
 @dataclass
@@ -414,11 +476,19 @@ class Config:
     env: EnvConfig = field(default_factory=EnvConfig, metadata={"help": "multi-turn agent environments"})
     trainer: TrainerConfig = field(default_factory=TrainerConfig, metadata={"help": "the training loop"})
     ray: RayConfig = field(default_factory=RayConfig, metadata={"help": "the Ray cluster"})
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig,
+                                       metadata={"help": "nodes and devices of the trainer's placement"})
     for_: ForConfig = field(default_factory=ForConfig, metadata={"help": "Flow of Reasoning (GFlowNet) training"})
     rm: RMConfig = field(default_factory=RMConfig, metadata={"help": "reward-model training (hyflow train-rm)"})
 
     def validate(self) -> None:
         """Cross-section checks (each section's own checks ran before this)."""
+        res = self.resources
+        if res.nnodes is not None:  # one rank per device
+            devices = res.nnodes * res.devices_per_node
+            _check(self.actor.world_size == devices, "actor.world_size",
+                   f"{self.actor.world_size} disagrees with resources.nnodes x resources.devices_per_node = "
+                   f"{res.nnodes} x {res.devices_per_node} = {devices} (one rank per device); set one to match")
         samples = self.data.batch_size * self.rollout.n
         if self.env.name is None and not self.for_.enabled:  # a fixed number of samples per step
             # (agent steps give a varying number of step-samples: the shards are padded, and the
@@ -434,6 +504,12 @@ class Config:
                f"{self.actor.kl_coef} with algorithm.kl_in_reward=true penalizes the KL twice; set one of them")
         _check(self.algorithm.kl_in_reward or self.algorithm.kl_reward_coef == 0, "algorithm.kl_reward_coef",
                "is set but algorithm.kl_in_reward is false")
+        if self.reward.model.path is not None:
+            _check(self.env.name is None and not self.for_.enabled, "reward.model.path",
+                   "a reward model scores single-turn prompt tasks; agent (env.name) and FoR runs take rewards "
+                   "from their environment")
+        _check(self.reward.model.path is not None or self.reward.function_weight != 0, "reward.function_weight",
+               "is 0 and there is no reward.model.path: every reward would be 0")
         _check(self.rollout.num_replicas <= self.actor.world_size, "rollout.num_replicas",
                f"{self.rollout.num_replicas} replicas need as many trainer bundles; actor.world_size is "
                f"{self.actor.world_size}")

@@ -53,6 +53,7 @@ from orchestrator.dumps import Dumps
 from orchestrator.metrics import MetricsLog, Timer, console_line
 from orchestrator.run_dir import open_run_dir
 from orchestrator.model_prep import resolve_model_path
+from orchestrator.recovery import note_dead_workers
 from orchestrator.resources import ResourcePool, init_ray
 from orchestrator.worker_group import WorkerGroup
 from workers.gfn_actor import FLOW_OBJECTIVES, GFlowNetActorWorker
@@ -397,6 +398,14 @@ class ForTrainer:
         self.global_step = int(s["step"])
 
     def fit(self) -> dict:
+        """The run. FoR does not replace dead workers (orchestrator/recovery.py): a dead rank stops it,
+        with a note on how to continue."""
+        died = (f"a FoR trainer worker died, and the FoR trainer does not replace dead workers: continue the run "
+                f"from its newest checkpoint with trainer.resume=true (trainer.save_every={self.cfg.trainer.save_every})")
+        with note_dead_workers([self.group], died):
+            return self._fit()
+
+    def _fit(self) -> dict:
         from tqdm import tqdm
         from tqdm.contrib.logging import logging_redirect_tqdm
 

@@ -43,7 +43,8 @@ class MetricsLog:
     `keep_through_step`: a resumed run keeps the rows up to its checkpoint's step and rewrites the
     file atomically without the later ones (they are logged again as the run redoes those steps);
     None: start a new file. A torn last line (a crash or a full disk mid-write) is dropped with a
-    warning; a bad line anywhere else is an error naming the file and line."""
+    warning; a bad line anywhere else is an error naming the file and line. `truncate(step)` does the
+    same in place (a run that replaced a dead worker goes back to its newest checkpoint)."""
 
     def __init__(self, run_dir: Path, keep_through_step: int | None = None, loggers: list[str] = (),
                  experiment: str = "hyflow", config: dict | None = None):
@@ -51,8 +52,8 @@ class MetricsLog:
         self.path = self.run_dir / "metrics.jsonl"
         self.rows: list[dict] = []
         if keep_through_step is not None and self.path.exists():
-            self.rows = [r for r in read_metrics(self.path) if r.get("step", 0) <= keep_through_step]
-            self._rewrite()
+            self.rows = read_metrics(self.path)
+            self.truncate(keep_through_step)
         self.trackers = [make_tracker(name, self.run_dir, experiment, config or {})
                          for name in loggers if name != "console"]
 
@@ -65,6 +66,11 @@ class MetricsLog:
                    if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
         for t in self.trackers:
             t.log(numeric, int(row["step"]))
+
+    def truncate(self, step: int) -> None:
+        """Drop the rows logged after `step` (file rewritten atomically). Trackers keep what they got."""
+        self.rows = [r for r in self.rows if r.get("step", 0) <= step]
+        self._rewrite()
 
     def close(self) -> None:
         for t in self.trackers:

@@ -12,6 +12,7 @@ no prompt data and no reward function):
 - model.path: the embedded name is prepared; a folder holds config.json, tokenizer files and
   weights (every shard an index lists); any other name is an error while hub downloads are off
   (HF_HUB_OFFLINE, which the CLI sets), unless the hub cache already holds it;
+- reward.model.path: an HF folder with weights, one label and the policy's vocab_size;
 - env.name: a registered env or an importable 'module:Class'; env.kwargs fit its constructor; and
   the env's assets (`ENV_ASSETS`: ALFWorld's games under data_dir, or the generate_per_type that
   writes them on the first run).
@@ -162,6 +163,37 @@ def check_model(cfg) -> Problems:
                     f"and hub downloads are off (HF_HUB_OFFLINE=1)")
 
 
+def check_reward_model(cfg) -> Problems:
+    """reward.model.path: an HF folder with one scalar label and the policy's vocabulary (the
+    reward group scores the policy's token ids as they are)."""
+    path = cfg.reward.model.path
+    if path is None:
+        return
+    key, folder = "reward.model.path", Path(path)
+    if not folder.is_dir():
+        yield key, f"{folder} is not a folder (train one with `hyflow train-rm`; its hf/ folder is the reward model)"
+        return
+    problems_here = list(check_model_folder(key, folder))
+    yield from problems_here
+    if problems_here:
+        return
+    try:
+        rm = json.loads((folder / "config.json").read_text())
+    except ValueError as e:
+        yield key, f"{folder / 'config.json'} is not valid JSON ({e})"
+        return
+    labels = rm.get("num_labels", len(rm.get("id2label") or {}) or 2)
+    if labels != 1:
+        yield key, f"{folder} has {labels} labels; a reward model has one (a scalar score)"
+    from orchestrator.model_prep import resolve_model_path
+    policy = Path(resolve_model_path(cfg.model.path)) / "config.json"
+    if policy.is_file():
+        want = json.loads(policy.read_text()).get("vocab_size")
+        if rm.get("vocab_size") != want:
+            yield key, (f"{folder} has vocab_size {rm.get('vocab_size')}, the policy ({cfg.model.path}) {want}: the "
+                        "reward model must share the policy's tokenizer")
+
+
 # ------------------------------------------------------------------------------------- env
 def alfworld_assets(kwargs: dict) -> Problems:
     """ALFWorld needs its optional extra and games: data_dir/split (or $ALFWORLD_DATA) must hold some,
@@ -219,7 +251,7 @@ def check_env(cfg) -> Problems:
 
 # ------------------------------------------------------------------------------------ entry
 CHECKS = [("data.generator", check_generator), ("reward.function", check_reward), ("model.path", check_model),
-          ("env.name", check_env)]
+          ("reward.model.path", check_reward_model), ("env.name", check_env)]
 
 
 def problems(cfg) -> list[str]:

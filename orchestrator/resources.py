@@ -2,6 +2,18 @@
 
 Placement: *split* = each role gets its own `ResourcePool`; *colocated* = several `WorkerGroup`s
 share one pool (each asking a fraction of a bundle), or one group hosts several roles per actor.
+
+Nodes: a pool is one placement group with one bundle per device (a GPU, or `cpus_per_bundle` CPUs
+on a CPU cluster) and one worker rank per bundle. Its `strategy` decides how the bundles spread
+over the nodes (Ray's placement strategies):
+    PACK           as few nodes as possible, more where one is full (the default; config
+                   `resources.strategy`)
+    SPREAD         over as many nodes as possible, best effort
+    STRICT_PACK    all on one node, or the pool is not created: for ranks that must share a node
+                   (tensor-parallel engine ranks, NVLink / shared-memory groups)
+    STRICT_SPREAD  one bundle per node, or the pool is not created
+Addresses are never fixed here: each worker finds its own node's address when it starts, and rank
+0 of a group publishes the rendezvous on its node (orchestrator/worker_group.py, workers/dist.py).
 """
 from __future__ import annotations
 
@@ -19,8 +31,8 @@ WORKER_ENV = {
     "OMP_NUM_THREADS": "1",                 # 1 thread per rank beats oversubscription
     "TORCH_COMPILE_DISABLE": "1",           # vLLM's first logprobs call would compile for 2-27 s
     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # in-process engine: 2-3 s start instead of ~20 s
-    "VLLM_HOST_IP": "127.0.0.1",
-    "MASTER_ADDR": "127.0.0.1",
+    # No VLLM_HOST_IP / MASTER_ADDR: every worker sets them for its own node when it starts
+    # (loopback on a single node; orchestrator/worker_group.py).
     "HF_HUB_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
@@ -91,6 +103,7 @@ class ResourcePool:
         if self.gpus_per_bundle:
             bundle["GPU"] = self.gpus_per_bundle
         self.bundles = [dict(bundle) for _ in range(n_bundles)]
+        self._bundle_nodes: list[str] | None = None
         self.pg = placement_group(self.bundles, strategy=strategy, name=f"{name}-{time.time_ns()}")
         ready, _ = ray.wait([self.pg.ready()], timeout=timeout_s)
         if not ready:
@@ -105,6 +118,11 @@ class ResourcePool:
     def world_size(self) -> int:
         return self.n_bundles
 
+    @property
+    def single_node(self) -> bool:
+        """All bundles on one node: the pool's workers then talk over loopback only."""
+        return len(set(self.bundle_nodes())) == 1
+
     def strategy_for(self, bundle_index: int):
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
         if not 0 <= bundle_index < self.n_bundles:
@@ -114,10 +132,21 @@ class ResourcePool:
             placement_group_capture_child_tasks=True)
 
     def bundle_nodes(self) -> list[str]:
-        """Node id of each bundle (to derive LOCAL_RANK)."""
-        from ray.util.placement_group import placement_group_table
-        table = placement_group_table(self.pg)["bundles_to_node_id"]
-        return [table[i] for i in range(self.n_bundles)]
+        """Node id of each bundle (to derive LOCAL_RANK); fixed once the pool is ready."""
+        if self._bundle_nodes is None:
+            from ray.util.placement_group import placement_group_table
+            table = placement_group_table(self.pg)["bundles_to_node_id"]
+            self._bundle_nodes = [table[i] for i in range(self.n_bundles)]
+        return list(self._bundle_nodes)
+
+    def layout(self) -> str:
+        """Where the bundles went, one node per line: 'node 3343d4dd (10.0.0.1): bundles [0, 1]'."""
+        import ray
+        ips = {n["NodeID"]: n.get("NodeManagerAddress", "?") for n in ray.nodes()}
+        by_node: dict[str, list[int]] = {}
+        for i, node in enumerate(self.bundle_nodes()):
+            by_node.setdefault(node, []).append(i)
+        return "; ".join(f"node {node[:8]} ({ips.get(node, '?')}): bundles {b}" for node, b in by_node.items())
 
     def helper_slots(self, cpus_per_bundle: float) -> "HelperSlots":
         """A share of every bundle set aside for small helper actors (env actors, ...): they are

@@ -131,7 +131,8 @@ def encode_pairs(rows: list[dict], tokenizer, chat_template: bool, max_length: i
             continue
         out.append({**r, "index": r.get("index", i), "chosen_ids": chosen, "rejected_ids": rejected})
     if dropped:
-        log.warning("%s: dropped %d of %d pairs longer than rm.max_length=%d tokens", what, dropped, len(rows), max_length)
+        log.warning("%s: dropped %d of %d pairs longer than rm.max_length=%d tokens", what, dropped, len(rows),
+                    max_length)
     if not out:
         raise PreferenceDataError(f"{what}: every pair is longer than rm.max_length={max_length} tokens")
     return out
@@ -217,7 +218,8 @@ class RMRun:
             p = self.out / name
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
         save_yaml(cfg, self.out / "config.yaml")
-        self.pad_id = self.tokenizer.pad_token_id
+        tok = self.tokenizer  # no pad token: EOS pads (and is skipped when scoring), as in TRL
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         self.group, self.pool = self._build_group()
         from orchestrator.metrics import MetricsLog
         self.metrics = MetricsLog(self.out)
@@ -283,10 +285,12 @@ class RMRun:
                 rows = [self.train[i] for i in order[s * rm.batch_size:(s + 1) * rm.batch_size]]
                 row = self.train_step(rows)
                 self.step += 1
-                row = {"step": self.step, "epoch": epoch + (s + 1) / steps_per_epoch, **row}
+                row = {"step": self.step, "epoch": epoch + (s + 1) / steps_per_epoch, **row,
+                       "timing/step_s": time.perf_counter() - t1}
                 if s + 1 == steps_per_epoch or (rm.eval_every and self.step % rm.eval_every == 0):
+                    t1 = time.perf_counter()
                     row.update(self.evaluate())
-                row["timing/step_s"] = time.perf_counter() - t1
+                    row["timing/eval_s"] = time.perf_counter() - t1
                 self._log(row, total)
                 last = row
         hf = self.out / "hf"

@@ -25,7 +25,12 @@ from workers.rollout import pack_sequences
 
 
 class PromptTask:
-    def __init__(self, cfg, tokenizer, sampling_meta):
+    """`reward_model`: a reward-model scorer (`score(batch) -> [B]`, placement.Workers.reward_model)
+    or None. With one, a sample's reward is reward.function_weight x the function's score +
+    reward.model.weight x the model's, and both are logged apart (reward/function_mean,
+    reward/model_mean), so a policy that games the model shows against the rule."""
+
+    def __init__(self, cfg, tokenizer, sampling_meta, reward_model=None):
         d = cfg.data
         rows = load_rows(d)
         # Held-out rows: data.val_path's (data.val_size of them at most), else the source's last val_size.
@@ -39,6 +44,7 @@ class PromptTask:
         self.val = PromptDataset(val_rows, tokenizer, d.max_prompt_tokens, 1, False, d.seed, cfg.model.chat_template,
                                  source=d.val_path or source) if val_rows else None
         self.reward = RewardFn.from_config(cfg.reward, tokenizer)  # scored in worker processes, time-limited
+        self.reward_model, self.weights = reward_model, (cfg.reward.function_weight, cfg.reward.model.weight)
         self.n, self.sampling_meta, self.tok = cfg.rollout.n, sampling_meta, tokenizer
         self.val_rows: list[dict] = []  # the last validation's generations (dump rows)
 
@@ -46,8 +52,22 @@ class PromptTask:
         prompts = self.data.next_batch().repeat(self.n)   # groups stay adjacent
         prompts.meta.update(self.sampling_meta(prompts["prompt_ids"], seed=step))
         batch = generate(prompts).union(prompts)
-        batch["scores"], metrics = self.reward(batch)
+        metrics = self.score(batch)
         return batch, metrics
+
+    def score(self, batch: Batch) -> dict:
+        """batch["scores"] (and, with a reward model, "function_scores" and "model_scores")."""
+        scores, metrics = self.reward(batch)
+        if self.reward_model is None:
+            batch["scores"] = scores
+            return metrics
+        model = self.reward_model.score(Batch({"input_ids": batch["input_ids"],
+                                               "attention_mask": batch["attention_mask"]})).float()
+        w_fn, w_model = self.weights
+        batch["function_scores"], batch["model_scores"] = scores, model
+        batch["scores"] = w_fn * scores + w_model * model
+        return {**metrics, "reward/function_mean": scores.mean().item(), "reward/model_mean": model.mean().item(),
+                "reward/model_std": model.std().item() if len(model) > 1 else 0.0}
 
     def validate(self, generate) -> dict:
         if self.val is None:
@@ -55,10 +75,11 @@ class PromptTask:
         rows = self.val.rows(np.arange(len(self.val)))
         rows.meta.update(self.sampling_meta(rows["prompt_ids"], seed=0, greedy=True))
         out = generate(rows).union(rows)
-        scores, _ = self.reward(out)
-        out["scores"] = scores
+        self.score(out)
+        scores = out["function_scores"] if "function_scores" in out else out["scores"]
         self.val_rows = self.dump_rows(out)
-        return {"val/accuracy": scores.mean().item(), "val/n": len(rows)}
+        extra = {"val/model_score": out["model_scores"].mean().item()} if "model_scores" in out else {}
+        return {"val/accuracy": scores.mean().item(), "val/n": len(rows), **extra}
 
     def dump_rows(self, batch: Batch) -> list[dict]:
         """One "sample" row per generation (orchestrator/dumps.py)."""
@@ -73,7 +94,9 @@ class PromptTask:
                          "reward": float(batch["scores"][i]),
                          "advantage": float(adv[i][m].mean()) if adv is not None and m.any() else None,
                          "length": int(m.sum()), "finish_reason": str(batch["finish_reason"][i]),
-                         "data_source": str(batch["data_source"][i]), "ground_truth": str(batch["ground_truth"][i])})
+                         "data_source": str(batch["data_source"][i]), "ground_truth": str(batch["ground_truth"][i]),
+                         **({"function_score": float(batch["function_scores"][i]),
+                             "model_score": float(batch["model_scores"][i])} if "model_scores" in batch else {})})
         return rows
 
     def state_dict(self) -> dict:
@@ -236,10 +259,10 @@ def episode_metrics(episodes: list[dict], prefix: str) -> dict:
     return out
 
 
-def make_task(cfg, tokenizer, sampling_meta, train: bool = True, helpers=None):
+def make_task(cfg, tokenizer, sampling_meta, train: bool = True, helpers=None, reward_model=None):
     if cfg.env.name:
         return AgentTask(cfg, tokenizer, sampling_meta, train=train, helpers=helpers)
-    return PromptTask(cfg, tokenizer, sampling_meta)
+    return PromptTask(cfg, tokenizer, sampling_meta, reward_model=reward_model)
 
 
 def sampling_meta(rollout_cfg, eos_token_id: int, prompt_ids, seed: int, greedy: bool = False) -> dict:

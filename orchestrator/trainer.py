@@ -5,7 +5,8 @@
 `Trainer.step` is the algorithm (GRPO / PPO / GiGPO ...):
 generate + reward (a task: prompts or env episodes) -> ref / old log-probs, values ->
 advantages (the registry's estimator) -> critic and actor updates -> sync weights.
-Everything else (placement, setup, checkpoints, logging) is in `build_workers` and `fit`.
+Everything else (placement, setup, checkpoints, logging) is in `build_workers` and `fit`; dead
+workers are replaced by `orchestrator/recovery.py`, called from `generate` and the loop.
 """
 from __future__ import annotations
 
@@ -28,8 +29,10 @@ from orchestrator.dumps import Dumps
 from orchestrator.metrics import MetricsLog, Timer, console_line
 from orchestrator.model_prep import resolve_model_path
 from orchestrator.placement import Workers, build_workers
+from orchestrator.recovery import Recovery
 from orchestrator.run_dir import open_run_dir
 from orchestrator.tasks import make_task, sampling_meta
+from orchestrator.worker_group import WorkerError
 from workers.rollout import trim_padding
 
 log = logging.getLogger("hyflow")
@@ -44,19 +47,25 @@ class Trainer:
         self.model_path = resolve_model_path(cfg.model.path)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.advantage = algorithms.get_advantage_estimator(cfg.algorithm.advantage)
-        a = cfg.algorithm
+        self.sampling_meta = partial(sampling_meta, cfg.rollout, self.tokenizer.eos_token_id)
+        self.build()
+        self.metrics = MetricsLog(self.run_dir, keep_through_step=keep_rows, loggers=cfg.trainer.loggers,
+                                  experiment=cfg.trainer.experiment_name, config=to_dict(cfg))
+        self.dumps = Dumps(self.run_dir, cfg.trainer.dump_rollouts_every, cfg.trainer.dump_max_chars)
+        self.global_step = 0
+        self.recovery = Recovery(self)  # dead workers replaced (trainer.max_restarts)
+
+    def build(self) -> None:
+        """Workers, task and KL controller in their step-0 state (again after a dead trainer rank)."""
+        cfg, a = self.cfg, self.cfg.algorithm
         self.kl_ctrl = (make_kl_controller(a.kl_ctrl, a.kl_reward_coef, a.kl_target, a.kl_horizon)
                         if a.kl_in_reward else None)
         # A value model exists exactly when the estimator asks for `values` (PPO's GAE).
         needs_values = "values" in inspect.signature(self.advantage).parameters
         self.w: Workers = build_workers(cfg, self.model_path, self.tokenizer, with_critic=needs_values)
         # Single-turn prompts or multi-turn env episodes (built after Ray is up: envs are actors).
-        self.sampling_meta = partial(sampling_meta, cfg.rollout, self.tokenizer.eos_token_id)
-        self.task = make_task(cfg, self.tokenizer, self.sampling_meta, helpers=self.w.helpers)
-        self.metrics = MetricsLog(self.run_dir, keep_through_step=keep_rows, loggers=cfg.trainer.loggers,
-                                  experiment=cfg.trainer.experiment_name, config=to_dict(cfg))
-        self.dumps = Dumps(self.run_dir, cfg.trainer.dump_rollouts_every, cfg.trainer.dump_max_chars)
-        self.global_step = 0
+        self.task = make_task(cfg, self.tokenizer, self.sampling_meta, helpers=self.w.helpers,
+                              reward_model=self.w.reward_model)
 
     # ------------------------------------------------------------------ one step
     def step(self) -> dict:
@@ -101,29 +110,38 @@ class Trainer:
             self.load(list_checkpoints(self.run_dir)[-1])
         if self.global_step == 0:
             self.log_row({"step": 0, **self.validate()})
-        bar = tqdm(range(self.global_step, cfg.trainer.total_steps), desc="train", unit="step",
-                   initial=self.global_step, total=cfg.trainer.total_steps,
+        bar = tqdm(desc="train", unit="step", initial=self.global_step, total=cfg.trainer.total_steps,
                    disable=not cfg.trainer.progress, dynamic_ncols=True)
         with logging_redirect_tqdm():  # metric lines print above the bar, not through it
             last = self._loop(bar)
-        ckpt = self.save()
+        bar.close()
+        ckpt = (checkpoint_dir(self.run_dir, self.global_step) if self.global_step in list_checkpoints(self.run_dir)
+                else self.save())
         png = self.metrics.plot_reward()
         log.info(summary_line(summarize(self.metrics.rows, self.run_dir)))
         log.info("done: checkpoint %s, reward curve %s", ckpt, png)
         return last
 
     def _loop(self, bar) -> dict:
-        cfg, last = self.cfg, {}
-        for _ in bar:
-            last = self.step()
-            every = cfg.trainer.val_every
-            if self.global_step == cfg.trainer.total_steps or (every and self.global_step % every == 0):
-                last.update(self.validate())
-            self.log_row(last)
-            bar.set_postfix(reward=f"{last['reward/mean']:.3f}", step_s=f"{last['timing/step_s']:.0f}")
-            if cfg.trainer.save_every and self.global_step % cfg.trainer.save_every == 0 \
-                    and self.global_step != cfg.trainer.total_steps:
-                self.save()
+        last = {}
+        while self.global_step < self.cfg.trainer.total_steps:
+            try:
+                last = self._advance()
+            except WorkerError as e:
+                self.recovery.restore(e)  # a dead worker: all rebuilt, back at the newest checkpoint; else raises
+            bar.n = self.global_step
+            bar.set_postfix(reward=f"{last.get('reward/mean', float('nan')):.3f}",
+                            step_s=f"{last.get('timing/step_s', 0.0):.0f}")
+        return last
+
+    def _advance(self) -> dict:
+        """One step, its validation, its metrics row and its checkpoint (the last step's too)."""
+        cfg, last = self.cfg.trainer, self.step()
+        if self.global_step == cfg.total_steps or (cfg.val_every and self.global_step % cfg.val_every == 0):
+            last.update(self.validate())
+        self.log_row(last)
+        if self.global_step == cfg.total_steps or (cfg.save_every and self.global_step % cfg.save_every == 0):
+            self.save()
         return last
 
     def validate(self) -> dict:
@@ -135,7 +153,11 @@ class Trainer:
         return out
 
     def generate(self, prompts: Batch) -> Batch:
-        return trim_padding(self.w.rollout.generate(prompts))
+        while True:
+            try:
+                return trim_padding(self.w.rollout.generate(prompts))
+            except WorkerError as e:
+                self.recovery.replace_engine(e)  # a dead engine: a new one, synced, and the call redone; else raises
 
     def save(self) -> Path:
         state = {"data": self.task.state_dict(), "seed": self.cfg.trainer.seed,
@@ -161,6 +183,7 @@ class Trainer:
         log.info("resumed from %s (step %d)", d, self.global_step)
 
     def log_row(self, row: dict) -> None:
+        row["fault/restarts"] = self.recovery.restarts  # dead workers replaced so far
         self.metrics.log(row)
         if self.cfg.trainer.log_every and row["step"] % self.cfg.trainer.log_every == 0:
             log.info(console_line(row))
@@ -223,7 +246,9 @@ class Trainer:
                     "cost/tokens_trained": n_tokens * self.cfg.actor.ppo_epochs})
         row.update({"sync/bytes": sync.bytes, "sync/buckets": sync.buckets, "sync/verified": sync.verified,
                     "sync/max_abs_diff": sync.max_abs_diff, "sync/transfer_s": sync.transfer_seconds,
-                    "sync/gather_s": sync.gather_seconds, "sync/send_s": sync.send_seconds})
+                    "sync/gather_s": sync.gather_seconds, "sync/send_s": sync.send_seconds,
+                    "sync/verify_s": sync.verify_seconds, "sync/checksum_max_rel_err": sync.checksum_max_rel_err,
+                    "sync/probe_delta_max": sync.probe_delta_max, "sync/probe_delta_trainer": sync.probe_delta_trainer})
         return row
 
     def penalize_kl_in_reward(self, batch: Batch) -> dict:

@@ -14,12 +14,26 @@ the chosen ranks, (3) collects the answers:
 Colocated roles: `WorkerGroup(pool, {"actor": (ActorCls, kw), "ref": (RefCls, kw)})` builds ONE
 actor per bundle holding an instance of each role class (same process: shared memory and process
 group); call them as `group.role("actor").compute_logprobs(batch)`.
+
+Nodes and rendezvous: every worker sets VLLM_HOST_IP to its own node's address when it starts
+(loopback when the pool is on one node; `workers.dist.host_address`). Rank 0 reserves the
+rendezvous (its node's address and a port it keeps open) and every rank finds it in MASTER_ADDR /
+MASTER_PORT before its first method runs, so `init_distributed()` joins across nodes
+(`rendezvous=False` for groups that never form a process group, e.g. independent engine replicas).
+
+Phases and deadlines: each call belongs to a phase (`phases`: method -> phase name, or a function
+of the call's args; `in_phase(name)` around calls overrides it, e.g. the weight sync's probes) and
+waits at most that phase's deadline (`deadlines`: phase -> seconds; other phases and methods
+without one wait `call_timeout_s`). A silent rank fails the call with a `TimeoutError` naming the
+phase, the method and the ranks, e.g. "phase 'sync': rollout.weight_report: rank 0 did not answer
+within 600s (ray.timeout_sync_s)". Workers find their deadlines with `phase_deadline(phase)`.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import enum
 import os
-import socket
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -32,6 +46,43 @@ from orchestrator.resources import ResourcePool, await_actors, worker_env
 
 SINGLE_ROLE = "main"
 _SPEC_ATTR = "__hyflow_register__"
+
+# ---- phases and deadlines -------------------------------------------------------------------------
+DEFAULT_PHASE = "call"  # a call outside the phases a group was given: ray.call_timeout_s
+# The config key that sets each phase's deadline (named in timeout errors).
+DEADLINE_KEYS = {"rollout": "ray.timeout_rollout_s", "train": "ray.timeout_train_s", "sync": "ray.timeout_sync_s",
+                 "validation": "ray.timeout_validation_s", DEFAULT_PHASE: "ray.call_timeout_s"}
+_phase: contextvars.ContextVar[str | None] = contextvars.ContextVar("hyflow_phase", default=None)
+
+
+@contextlib.contextmanager
+def in_phase(name: str):
+    """Every group call made inside the block (on any group) counts toward phase `name`: its
+    deadline and its name in errors, whatever the method (e.g. the weight sync's probe log-probs
+    are a 'sync' call of the trainer's `compute_logprobs`, otherwise a 'train' one)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"in_phase: the phase must be a non-empty string, got {name!r}")
+    token = _phase.set(name)
+    try:
+        yield
+    finally:
+        _phase.reset(token)
+
+
+def _deadline_var(phase: str) -> str:
+    return f"HYFLOW_DEADLINE_{phase.upper()}_S"
+
+
+def phase_deadline(phase: str, default: float | None = None) -> float | None:
+    """Worker side: the deadline in seconds of `phase` that the worker's group was given (its
+    environment), else `default`. For waits inside a worker, e.g. rank 0 waiting for the engines
+    to load a weight bucket during 'sync'."""
+    raw = os.environ.get(_deadline_var(phase))
+    return float(raw) if raw else default
+
+
+def _ranks_text(ranks: list[int]) -> str:
+    return f"rank {ranks[0]}" if len(ranks) == 1 else f"ranks {ranks}"
 
 
 class Dispatch(enum.Enum):
@@ -91,7 +142,14 @@ class WorkerError(RuntimeError):
 class _WorkerHost:
     """The Ray actor of one rank: builds each role object and runs its methods on request."""
 
-    def __init__(self, roles: dict[str, tuple[type, dict]]):
+    def __init__(self, roles: dict[str, tuple[type, dict]], single_node: bool = True):
+        from workers.dist import host_address
+        # This node's address (loopback on a single node), before any role imports vLLM.
+        self.addr = host_address(single_node)
+        os.environ["VLLM_HOST_IP"] = self.addr
+        if not single_node:
+            os.environ["HYFLOW_BIND_ADDR"] = self.addr  # every listener of this process, gloo's too
+        self._rendezvous: tuple[str, int] | None = None
         self.roles = {}
         for name, (cls, kwargs) in roles.items():
             try:
@@ -106,7 +164,29 @@ class _WorkerHost:
                        bool(getattr(obj, "is_output_rank", True)))
                 for name, obj in self.roles.items()}
 
-    def call(self, role: str, method: str, args: list, kwargs: dict) -> Any:
+    def reserve_rendezvous(self) -> tuple[str, int]:
+        """Rank 0: (this node's address, a port held open on it) for the group's process group."""
+        from workers.dist import reserve_rendezvous
+        return reserve_rendezvous(self.addr)
+
+    def _join(self, rendezvous: tuple[str, int] | None) -> None:
+        if rendezvous is not None and self._rendezvous != tuple(rendezvous):
+            self._rendezvous = tuple(rendezvous)
+            os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = rendezvous[0], str(rendezvous[1])
+
+    def where(self, rendezvous: tuple[str, int] | None = None) -> dict:
+        """Where this rank runs and the addresses it uses."""
+        self._join(rendezvous)
+        env = {k: os.environ.get(k) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT",
+                                              "VLLM_HOST_IP", "HYFLOW_BIND_ADDR")}
+        return {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address(),
+                "pid": os.getpid(), **env}
+
+    def call(self, role: str, method: str, args: list, kwargs: dict,
+             rendezvous: tuple[str, int] | None = None) -> Any:
+        # `rendezvous` is rank 0's reservation (a top-level ref: Ray resolves it before the call
+        # runs), published as MASTER_ADDR / MASTER_PORT before the first method.
+        self._join(rendezvous)
         # Batches travel as object refs nested in args (put once per chunk on the driver);
         # Ray does not resolve nested refs, so fetch them here.
         args = [ray.get(a) if isinstance(a, ray.ObjectRef) else a for a in args]
@@ -118,14 +198,12 @@ def _put(value: Any) -> Any:
     return ray.put(value) if isinstance(value, (Batch, torch.Tensor)) else value
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _gather(label: str, ranks: list[int], refs: list, timeout_s: float) -> list:
-    """Values of refs (one per rank); fails fast on the first worker error, names silent ranks."""
+def _gather(label: str, ranks: list[int], refs: list, timeout_s: float, phase: str | None = None,
+            key: str | None = None) -> list:
+    """Values of refs (one per rank); fails fast on the first worker error, names silent ranks
+    (and the phase and the config key of its deadline, when given)."""
+    if phase is not None:
+        label = f"phase {phase!r}: {label}"
     index = {ref: i for i, ref in enumerate(refs)}
     values: list = [None] * len(refs)
     waiting = list(refs)
@@ -151,18 +229,26 @@ def _gather(label: str, ranks: list[int], refs: list, timeout_s: float) -> list:
                                   ranks[i], e) from e
     if waiting:
         silent = sorted(ranks[index[r]] for r in waiting)
-        raise TimeoutError(f"{label}: ranks {silent} did not answer within {timeout_s}s")
+        raise TimeoutError(f"{label}: {_ranks_text(silent)} did not answer within {timeout_s:g}s"
+                           f"{f' ({key})' if key else ''}")
     return values
 
 
 class Pending:
-    """A call in flight; `.get()` waits for every rank and returns the collected value."""
+    """A call in flight; `.get()` waits for every rank (at most its phase's deadline, counted
+    from `.get()`) and returns the collected value."""
 
     def __init__(self, label: str, ranks: list[int], refs: list, collect: Callable[[list], Any],
-                 timeout_s: float):
+                 timeout_s: float, phase: str | None = None, key: str | None = None):
         self.label, self.ranks, self.refs = label, ranks, refs
         self._collect, self._timeout_s = collect, timeout_s
+        self.phase, self._key = phase, key
         self._done, self._value = False, None
+
+    @property
+    def timeout_s(self) -> float:
+        """The deadline `.get()` applies by default."""
+        return self._timeout_s
 
     def done(self) -> bool:
         ready, _ = ray.wait(self.refs, num_returns=len(self.refs), timeout=0)
@@ -171,7 +257,7 @@ class Pending:
     def get(self, timeout_s: float | None = None) -> Any:
         if not self._done:
             t = self._timeout_s if timeout_s is None else timeout_s
-            self._value = self._collect(_gather(self.label, self.ranks, self.refs, t))
+            self._value = self._collect(_gather(self.label, self.ranks, self.refs, t, self.phase, self._key))
             self._done = True
         return self._value
 
@@ -231,7 +317,10 @@ class WorkerGroup:
                  init_kwargs: dict | None = None, name: str = "workers",
                  num_cpus_per_worker: float | None = None, num_gpus_per_worker: float | None = None,
                  env: dict[str, str] | None = None, call_timeout_s: float = 1800,
-                 max_concurrency: int = 1, bundle_indices: list[int] | None = None):
+                 max_concurrency: int = 1, bundle_indices: list[int] | None = None,
+                 deadlines: dict[str, float] | None = None,
+                 phases: dict[str, str | Callable[[tuple, dict], str]] | None = None,
+                 rendezvous: bool = True):
         if isinstance(worker_cls, dict):
             if init_kwargs is not None:
                 raise ValueError(f"WorkerGroup {name!r}: with several roles, give each role's kwargs "
@@ -248,12 +337,16 @@ class WorkerGroup:
         else:
             raise TypeError(f"WorkerGroup {name!r}: worker_cls must be a class or a role dict, got {worker_cls!r}")
         self.name, self.pool, self.call_timeout_s = name, pool, call_timeout_s
+        self.deadlines = {str(k): float(v) for k, v in (deadlines or {}).items()}
+        for phase, seconds in self.deadlines.items():
+            if not seconds > 0:
+                raise ValueError(f"WorkerGroup {name!r}: deadline of phase {phase!r} must be > 0, got {seconds}")
+        self.phases = dict(phases or {})
         self._specs = {role: registered_methods(cls) for role, (cls, _) in roles.items()}
         self._single = len(roles) == 1 and SINGLE_ROLE in roles
 
         num_cpus = pool.cpus_per_bundle if num_cpus_per_worker is None else num_cpus_per_worker
         num_gpus = pool.gpus_per_bundle if num_gpus_per_worker is None else num_gpus_per_worker
-        port = _free_port()
         # One rank per bundle of the pool, or per chosen bundle (e.g. rollout replicas on the
         # first bundles of the trainer's pool).
         bundles = list(range(pool.world_size)) if bundle_indices is None else list(bundle_indices)
@@ -261,18 +354,22 @@ class WorkerGroup:
             raise ValueError(f"WorkerGroup {name!r}: bundle_indices {bundle_indices} not within the "
                              f"pool's {pool.world_size} bundles")
         nodes = [pool.bundle_nodes()[b] for b in bundles]
+        single_node = pool.single_node
+        deadline_env = {_deadline_var(p): s for p, s in self.deadlines.items()}
         self._actors = []
         self._asked = {"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus else {}),
                        "inside": f"a bundle {pool.bundles[0]} of pool {pool.name!r}"}
         for rank, bundle in enumerate(bundles):
             local_rank = nodes[:rank].count(nodes[rank])  # rank among the bundles on its node
-            env_vars = worker_env({**(env or {}), "RANK": rank, "WORLD_SIZE": len(bundles),
-                                   "LOCAL_RANK": local_rank, "MASTER_ADDR": "127.0.0.1",
-                                   "MASTER_PORT": port})
+            env_vars = worker_env({**(env or {}), **deadline_env, "RANK": rank, "WORLD_SIZE": len(bundles),
+                                   "LOCAL_RANK": local_rank})
             self._actors.append(_WorkerHost.options(
                 num_cpus=num_cpus, num_gpus=num_gpus, max_concurrency=max_concurrency,
                 scheduling_strategy=pool.strategy_for(bundle), runtime_env={"env_vars": env_vars},
-            ).remote(roles))
+            ).remote(roles, single_node))
+        # Rank 0 publishes (its node's address, a port it holds); every call carries the ref, so
+        # each rank has MASTER_ADDR / MASTER_PORT before its first method. Non-blocking.
+        self._rendezvous = self._actors[0].reserve_rendezvous.remote() if rendezvous else None
         # Asked now, read on first need: construction stays non-blocking, so several groups start
         # their (slow-importing) actors in parallel.
         self._layout_refs = [a.layout.remote() for a in self._actors]
@@ -316,6 +413,16 @@ class WorkerGroup:
         """Block until every actor is scheduled and its role objects are built."""
         self._get_layouts(timeout_s)
 
+    def deadline(self, phase: str) -> float:
+        """Seconds a call of `phase` waits: its deadline, else `call_timeout_s`."""
+        return self.deadlines.get(phase, self.call_timeout_s)
+
+    def where(self) -> list[dict]:
+        """Per rank: node id, node address, pid, and RANK / LOCAL_RANK / MASTER_ADDR / MASTER_PORT /
+        VLLM_HOST_IP / HYFLOW_BIND_ADDR as that rank sees them."""
+        refs = [a.where.remote(self._rendezvous) for a in self._actors]
+        return _gather(f"{self.name}.where", list(range(self.world_size)), refs, self.call_timeout_s)
+
     def shutdown(self) -> None:
         for actor in self._actors:
             ray.kill(actor)
@@ -327,6 +434,16 @@ class WorkerGroup:
     # ---------------------------------------------------------------- internals
     def _label(self, role: str, method: str) -> str:
         return f"{self.name}.{method}" if self._single else f"{self.name}.{role}.{method}"
+
+    def _phase_of(self, method: str, args: tuple, kwargs: dict) -> tuple[str, float, str]:
+        """(phase, its deadline, the config key that sets it) of one call: `in_phase` around the
+        call, else the group's phase table, else DEFAULT_PHASE."""
+        phase = _phase.get()
+        if phase is None:
+            entry = self.phases.get(method, DEFAULT_PHASE)
+            phase = entry(args, kwargs) if callable(entry) else entry
+        key = DEADLINE_KEYS.get(phase if phase in self.deadlines else DEFAULT_PHASE)
+        return phase, self.deadline(phase), key
 
     def _get_layouts(self, timeout_s: float | None = None) -> list[dict]:
         if self._layouts is None:
@@ -351,6 +468,7 @@ class WorkerGroup:
         if not self._actors:
             raise RuntimeError(f"WorkerGroup {self.name!r} is shut down")
         label = self._label(role, method)
+        phase, timeout_s, key = self._phase_of(method, args, kwargs)
         world = self.world_size
         collect: Callable[[list], Any] = list
         if spec.execute is Execute.RANK_ZERO:
@@ -372,8 +490,8 @@ class WorkerGroup:
                      for r in range(world)]
         else:
             ranks, calls, collect = self._dp_split(role, label, args, kwargs)
-        refs = [self._actors[r].call.remote(role, method, a, k) for r, (a, k) in zip(ranks, calls)]
-        pending = Pending(label, ranks, refs, collect, self.call_timeout_s)
+        refs = [self._actors[r].call.remote(role, method, a, k, self._rendezvous) for r, (a, k) in zip(ranks, calls)]
+        pending = Pending(label, ranks, refs, collect, timeout_s, phase, key)
         return pending.get() if spec.blocking else pending
 
     def _dp_split(self, role: str, label: str, args: tuple, kwargs: dict):

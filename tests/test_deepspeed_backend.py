@@ -12,7 +12,7 @@ import os
 import pytest
 import torch
 
-from tests.test_fsdp_backend import CFG, gathered, halves, make_batch, on_all, pg_loss
+from tests.test_fsdp_backend import CFG, gathered, halves, make_batch, on_all, pg_loss, started
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -44,9 +44,7 @@ def start_ranks(ray, world: int = 2, timeout_s: float = 120) -> list:
     from workers.dist import free_port
     port = free_port()
     actor = ray.remote(num_cpus=1)(Rank)
-    ranks = [actor.remote(r, world, port) for r in range(world)]
-    ray.get([a.init.remote(timeout_s) for a in ranks], timeout=120)
-    return ranks
+    return started(ray, [actor.remote(r, world, port) for r in range(world)], timeout_s)
 
 
 def train(backend, batches, kws):

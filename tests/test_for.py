@@ -300,6 +300,7 @@ def test_one_for_iteration_on_ray_and_checkpoint_restore(ray_cluster, tiny_model
     finally:
         tr.shutdown()
 
+    cfg.trainer.resume = True  # the same run directory, continued (a fresh start would be refused)
     tr2 = ForTrainer(cfg)
     try:
         assert tr2.state_dict()["log_z"] == [0.0, 0.0]
@@ -396,6 +397,7 @@ def test_flow_head_fl_db_update_matches_single_process_and_checkpoints(ray_clust
         assert any(n.startswith("flow_head.") and v != (0.0, 0.0) for n, v in sums[0].items())
     finally:
         tr.shutdown()
+    cfg.trainer.resume = True  # the same run directory, continued (a fresh start would be refused)
     tr2 = ForTrainer(cfg)
     try:
         tr2.load(1)
@@ -470,6 +472,7 @@ def test_one_for_iteration_with_the_embedded_model_and_restore(ray_cluster, tmp_
         entries = {pid: tr.replay.entries(pid) for pid in range(2)}
     finally:
         tr.shutdown()
+    cfg.trainer.resume = True  # the same run directory, continued (a fresh start would be refused)
     tr2 = ForTrainer(cfg)
     try:
         tr2.load(1)

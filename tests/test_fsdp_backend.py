@@ -132,9 +132,21 @@ class Rank:
 def start_ranks(ray, world: int, timeout_s: float) -> list:
     from workers.dist import free_port
     port = free_port() if world > 1 else None
-    actor = ray.remote(num_cpus=1)(Rank)
-    ranks = [actor.remote(r, world, port) for r in range(world)]
-    ray.get([a.init.remote(timeout_s) for a in ranks], timeout=120)
+    # Half a CPU each: the module's pair stays up while a test starts one or two more ranks, on
+    # Ray's default resources (2 CPUs here).
+    actor = ray.remote(num_cpus=0.5)(Rank)
+    return started(ray, [actor.remote(r, world, port) for r in range(world)], timeout_s)
+
+
+def started(ray, ranks: list, timeout_s: float) -> list:
+    """`ranks` once each has joined the group; on failure all are killed (a rank still waiting for
+    CPUs would take them later and hold them through the following tests)."""
+    try:
+        ray.get([a.init.remote(timeout_s) for a in ranks], timeout=120)
+    except BaseException:
+        for a in ranks:
+            ray.kill(a)
+        raise
     return ranks
 
 

@@ -3,6 +3,7 @@ path as `hyflow train`, shrunk by overrides); each estimator's advantages reach 
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -10,15 +11,20 @@ import pytest
 
 from orchestrator.config import load_config
 from orchestrator.trainer import Trainer
+from tests import tiny
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted(p.name for p in (REPO / "configs").glob("*.yaml"))
 
 
+RM_RECIPES = [n for n in RECIPES if (REPO / "configs" / n).read_text().startswith("# hyflow train-rm ")]
+
+
 def test_every_recipe_starts_with_its_command():
     for name in RECIPES:
         first = (REPO / "configs" / name).read_text().splitlines()[0]
-        assert first == f"# hyflow train configs/{name}", (name, first)
+        command = "train-rm" if name in RM_RECIPES else "train"
+        assert first == f"# hyflow {command} configs/{name}", (name, first)
 
 
 def header_overrides(name: str) -> list[str]:
@@ -75,11 +81,15 @@ def shrink(name: str, tmp_path: Path) -> list[str]:
 
 
 # quickstart: test_quickstart.py; Flow of Reasoning (its own trainer, for_*.yaml): test_for.py
-@pytest.mark.parametrize("name", [n for n in RECIPES if n != "quickstart.yaml" and not n.startswith("for_")])
+@pytest.mark.parametrize("name", [n for n in RECIPES if n != "quickstart.yaml" and not n.startswith("for_")
+                                  and n not in RM_RECIPES])  # train-rm recipes: test_reward_model.py
 def test_recipe_runs_one_step(name, ray_cluster, tiny_model_dir, tmp_path):
+    # RLHF recipes: a reward model on the tiny backbone (a random head), as train-rm exports one.
+    rm = ([f"reward.model.path={tiny.build_reward_model(tmp_path / 'rm', tiny_model_dir)}"]
+          if "_rm_" in name else [])
     cfg = load_config(str(REPO / "configs" / name), [
         f"model.path={tiny_model_dir}", "trainer.total_steps=1", f"trainer.output_dir={tmp_path / 'run'}",
-        *shrink(name, tmp_path)])
+        *shrink(name, tmp_path), *rm])
     trainer = Trainer(cfg)
     try:
         trainer.fit()
@@ -101,6 +111,12 @@ def test_recipe_runs_one_step(name, ray_cluster, tiny_model_dir, tmp_path):
     if cfg.env.name:  # agent recipes: episodes ran in the env actors, success reported per task type
         assert 0 <= step["env/success_rate"] <= 1 and step["env/length_mean"] >= 1
         assert any(k.startswith("val/success/") for k in step)
+    if cfg.reward.model.path:  # the reward model scored every sample; the rule is logged beside it
+        w = cfg.reward
+        assert math.isfinite(step["reward/model_mean"]) and step["reward/model_std"] > 0
+        assert 0 <= step["reward/function_mean"] <= 1
+        assert step["reward/mean"] == pytest.approx(w.function_weight * step["reward/function_mean"]
+                                                    + w.model.weight * step["reward/model_mean"], abs=1e-5)
     assert_dumps_match_metrics(run, step, cfg)
     if name in ("grpo_math.yaml", "gigpo_webshop.yaml"):
         assert_view_shows_the_rollouts(run, tmp_path)
@@ -124,9 +140,13 @@ def assert_view_shows_the_rollouts(run: Path, tmp_path: Path) -> None:
     assert body.attrs.get("data-ready") == "1", res.stderr[-2000:]
     text = body.text()
     dump = [json.loads(line) for line in (run / "rollouts" / "step_1.jsonl").read_text().splitlines()]
-    shown = [d["response"] for d in dump if d["kind"] == "sample" and d["response"].strip()]
-    shown += [t["action"] for d in dump if d["kind"] == "episode" for t in d["turns"] if t["action"].strip()]
-    assert shown and any(s.strip()[:40] in text for s in shown), text[:2000]
+    # The tiny random model may answer with whitespace only: look for each row's longest line of
+    # text (prompt and response; observation and action), whichever has one.
+    def longest_line(*texts: str) -> str:
+        return max((ln.strip() for t in texts for ln in t.splitlines()), key=len, default="")[:40]
+    shown = [longest_line(d["prompt"], d["response"]) for d in dump if d["kind"] == "sample"]
+    shown += [longest_line(t["observation"], t["action"]) for d in dump if d["kind"] == "episode" for t in d["turns"]]
+    assert shown and all(shown) and any(s in text for s in shown), (shown, text[:2000])
 
 
 def assert_dumps_match_metrics(run: Path, step: dict, cfg) -> None:

@@ -129,3 +129,29 @@ def test_vllm_rollout_worker_listens_on_loopback_only(pool, gloo_env, tiny_model
         assert group.score([[1, 2, 3, 4]], [1])[0]  # the engine works with its groups on loopback
     finally:
         group.shutdown()
+
+
+def test_bind_address_and_gloo_interface(monkeypatch):
+    from workers import dist
+    for addr, loop in (("127.0.0.1", True), ("127.0.0.2", True), ("::1", True), ("::ffff:127.0.0.1", True),
+                       ("localhost", True), ("0.0.0.0", False), ("::", False), ("192.0.2.7", False)):
+        assert dist.is_loopback(addr) is loop, addr
+    assert dist.interface_for("127.0.0.1") == dist.interface_for("127.0.0.5") == "lo"
+    with pytest.raises(ValueError, match="no network interface holds address 203.0.113.9"):
+        dist.interface_for("203.0.113.9")
+    monkeypatch.delenv("HYFLOW_BIND_ADDR", raising=False)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    assert dist.bind_address() == "127.0.0.1"
+    monkeypatch.setenv("HYFLOW_BIND_ADDR", "10.1.2.3")  # multi-node: the node's cluster address
+    assert dist.bind_address() == "10.1.2.3"
+    # Loopback overrides an interface the user chose (single node: nothing may listen elsewhere);
+    # another address keeps it.
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "eth7")
+    assert dist.bind_gloo("127.0.0.1") == "lo" and os.environ["GLOO_SOCKET_IFNAME"] == "lo"
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "eth7")
+    assert dist.bind_gloo("10.1.2.3") == "eth7"
+    monkeypatch.delenv("GLOO_SOCKET_IFNAME")
+    iface = external_interface()
+    if iface is not None:
+        ip = next(a.address for a in psutil.net_if_addrs()[iface] if a.family == socket.AF_INET)
+        assert dist.bind_gloo(ip) == iface

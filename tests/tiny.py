@@ -22,3 +22,20 @@ def build(out: Path, seed: int = 0, layers: int = 2, embed_std: float = 0.5) -> 
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     return str(out)
+
+
+def build_reward_model(out: Path, base: str, seed: int = 0) -> str:
+    """A reward model (LlamaForSequenceClassification, one label, no head bias) on `base`'s backbone
+    with a random head, as `hyflow train-rm` exports one: pad_token_id set, the base's tokenizer."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(seed)
+    tok = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=torch.float32)
+    with torch.no_grad():  # scores of order 1, so they move GRPO's advantages
+        model.score.weight.normal_(0, 1.0 / model.config.hidden_size ** 0.5)
+    model.config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return str(out)

@@ -7,19 +7,17 @@ shares its process with the actor (colocated roles).
 """
 from __future__ import annotations
 
-import time
-
-import ray
 import torch
 import torch.distributed as dist
 
 import algorithms
 from algorithms.losses import aggregate, kl_penalty, masked_mean
 from orchestrator.batch import Batch
-from orchestrator.worker_group import SINGLE_ROLE, Dispatch, Execute, register
+from orchestrator.worker_group import Dispatch, Execute, register
 from workers.backends import build_backend
 from workers.backends.base import length_order
 from workers.base import Worker
+from workers.weight_sync import push_buckets
 
 # Modes that average over the rows (with tokens) of the mini-batch: each micro-batch's loss is
 # scaled by its share rows / global_rows. seq-mean-token-sum-norm is Dr.GRPO's (1/G)·Σ/T: without
@@ -116,20 +114,9 @@ class ActorWorker(Worker):
     @register(dispatch=Dispatch.ONE_TO_ALL)
     def push_weights(self, rollout_actors: list, bucket_bytes: int) -> dict:
         """Collective: gather full tensors bucket by bucket; rank 0 ships each bucket to every
-        rollout replica through the object store (one copy, read by all) and waits for it to be
-        loaded before gathering the next, so no rank holds more than one bucket beyond its shard."""
-        sent, n_buckets, send_s, t0 = 0, 0, 0.0, time.time()
-        for bucket in self.backend.iter_param_buckets(bucket_bytes):
-            n_buckets += 1
-            if self.rank == 0:
-                t1 = time.time()
-                ref = ray.put(bucket)
-                ray.get([a.call.remote(SINGLE_ROLE, "load_weights", [ref], {}) for a in rollout_actors])
-                sent += sum(t.numel() * t.element_size() for t in bucket.values())
-                send_s += time.time() - t1
-            del bucket
-        total = time.time() - t0
-        return {"bytes": sent, "buckets": n_buckets, "seconds": total, "send_s": send_s, "gather_s": total - send_s}
+        rollout replica through the object store (one copy, read by all) and waits, within the
+        sync deadline, for it to be loaded before gathering the next (workers/weight_sync.py)."""
+        return push_buckets(self.backend.iter_param_buckets(bucket_bytes), self.rank, rollout_actors)
 
     @register(dispatch=Dispatch.ONE_TO_ALL)
     def save(self, path: str, with_optimizer: bool = True) -> None:

@@ -22,7 +22,10 @@ Where things listen (checked by tests/test_rendezvous.py):
   hostname resolves to. `bind_gloo` sets GLOO_SOCKET_IFNAME to the interface holding the bind
   address (loopback: always; another address: unless the user chose an interface).
 Single node: everything on 127.0.0.1. Multi-node: MASTER_ADDR is rank 0's node address and each
-process binds to its own node's address.
+process binds to its own node's address. A WorkerGroup (orchestrator/worker_group.py) wires this up:
+each worker sets VLLM_HOST_IP (and, multi-node, HYFLOW_BIND_ADDR) to `host_address()` when it starts,
+rank 0 calls `reserve_rendezvous(host_address())`, and every rank gets the published (address, port)
+as MASTER_ADDR / MASTER_PORT before its first method runs.
 
 Backend: gloo on CPU, nccl when CUDA is available.
 """
@@ -89,6 +92,16 @@ def bind_address(master_addr: str | None = None) -> str:
         return explicit
     master = master_addr or os.environ.get("MASTER_ADDR")
     return LOOPBACK if not master or is_loopback(master) else node_ip_address()
+
+
+def host_address(single_node: bool) -> str:
+    """The address a worker process is reached at and listens on (VLLM_HOST_IP, rank 0's rendezvous,
+    gloo): HYFLOW_BIND_ADDR when set, else loopback when its pool runs on one node (a single-node
+    run is not reachable from the network), else this node's address in the Ray cluster."""
+    explicit = os.environ.get("HYFLOW_BIND_ADDR")
+    if explicit:
+        return explicit
+    return LOOPBACK if single_node else node_ip_address()
 
 
 def interface_for(addr: str) -> str:

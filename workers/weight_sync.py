@@ -28,14 +28,21 @@ Verification (`verify`, on by default), after every sync, three checks that rais
 2. Fingerprints: every tensor sent is fingerprinted in the engine's dtype as it arrives, and the
    engine fingerprints what it holds after the update, per source tensor (per slice of a packed
    qkv / gate_up tensor, through the CPU kernel where the engine repacked the weight); relative
-   error within a dtype-aware tolerance (workers/engines/base.py). A layer off by more than that,
-   relative to its norm, fails here however little it moves the probes. This covers the engine's load path (name
-   mapping, packing, repacking, kernels), not Ray's transport of the buckets.
-3. Probes: the change of the teacher-forced log-probs of `n_probes` fixed sequences since the last
-   verified sync (or `check` / `baseline`), trainer vs every replica, within `tolerance`. Comparing
-   changes rather than values cancels what differs between the two sides for good (an engine in
-   bf16 vs a trainer in fp32 differ by ~0.2 nats on the same weights), so the check means the same
-   in any dtype. The first sync without a baseline compares values instead.
+   error within a dtype-aware tolerance (workers/engines/base.py: 1e-9 where the engine's tensor
+   is read directly, 1e-5 + the dtype's rounding where it is read through the CPU kernel). A
+   layer off by more than that, relative to its norm, fails here however little it moves the
+   probes. This covers the engine's load path (name mapping, packing, repacking, kernels), not
+   Ray's transport of the buckets.
+3. Probes: the change of the teacher-forced log-probs of `n_probes` fixed sequences (the probe and
+   shuffles of its tokens) since the last verified sync (or `check` / `baseline`), trainer vs
+   every replica, max over tokens within `tolerance`. Changes cancel whatever difference between
+   the two sides stays put from one sync to the next. The first sync without a baseline compares
+   values instead. Measured on SmolLM2-135M (vLLM-CPU vs an fp32 forward, Adam-like steps of
+   1e-6..1e-3): fp32 engine, |trainer - engine| <= 3.6e-5 and |delta difference| <= 5.7e-5; bf16
+   engine, 0.26-0.49 and 0.15-0.32: bf16 rounding of the activations does not stay put between
+   syncs, so a bf16 engine needs a tolerance of ~0.5 here and it is check 2 that catches a stale
+   or corrupted layer there (one Adam step at lr 1e-6 moves the probes by ~5e-4 only: below the
+   default tolerance even in fp32).
 `check()` is the absolute comparison (trainer vs engines on the probes, same dtypes) and records
 the baseline; `baseline()` only records it (engines in another dtype than the trainer).
 Checks 1-2 run in the rollout workers; their time, and the probes', is `SyncReport.verify_seconds`,
@@ -45,11 +52,19 @@ tensors does not apply) and rely on the probes for the adapter itself.
 Failure contract: `sync()` raises `WeightSyncError` naming the replica and the discrepancy when
 verification fails; after that the engines must not serve generations. Transport errors from
 Ray or the engine propagate unchanged. `sync()` never reports `verified=True` without checking.
+
+Deadline: everything `sync()`, `check()` and `baseline()` call is phase 'sync' (`in_phase`), so
+each call waits at most the groups' sync deadline (config `ray.timeout_sync_s`). Inside the push,
+rank 0 waits for the engines' loads until that deadline (`push_buckets`): a replica that has not
+loaded a bucket by then fails the sync with a `TimeoutError` naming the phase and the replica
+("phase 'sync': rollout rank 0 did not load weight bucket 1 within 600s"); the driver waits
+PUSH_GRACE_S longer for the push, so that this error, which names the engine, arrives first.
 """
 from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -60,6 +75,51 @@ from orchestrator.batch import Batch
 
 class WeightSyncError(RuntimeError):
     pass
+
+
+PUSH_GRACE_S = 5.0  # the driver's extra wait for the push beyond the sync deadline (see the docstring)
+
+
+def push_buckets(buckets, rank: int, rollout_actors: list, timeout_s: float | None = None) -> dict:
+    """The trainer ranks' side of a sync (`ActorWorker.push_weights`): every rank walks the buckets
+    (gathering them is a collective); rank 0 puts each bucket once in the object store and waits
+    for every replica to load it before gathering the next, so no rank holds more than one bucket
+    beyond its shard. Rank 0 waits at most `timeout_s` for the whole push (default: the sync
+    deadline its group was given, `phase_deadline('sync')`; none: unbounded), then raises a
+    TimeoutError naming the phase, the replicas and the bucket. Returns bytes, buckets and times."""
+    import ray
+
+    from orchestrator.worker_group import SINGLE_ROLE, phase_deadline
+    if timeout_s is None:
+        timeout_s = phase_deadline("sync")
+    sent, n_buckets, send_s, t0 = 0, 0, 0.0, time.time()
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    for bucket in buckets:
+        n_buckets += 1
+        if rank == 0:
+            t1 = time.time()
+            ref = ray.put(bucket)
+            refs = [a.call.remote(SINGLE_ROLE, "load_weights", [ref], {}) for a in rollout_actors]
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            _, waiting = ray.wait(refs, num_returns=len(refs), timeout=left)
+            if waiting:
+                silent = [i for i, r in enumerate(refs) if r in waiting]
+                who = f"rank {silent[0]}" if len(silent) == 1 else f"ranks {silent}"
+                raise TimeoutError(f"phase 'sync': rollout {who} did not load weight bucket {n_buckets} within "
+                                   f"{timeout_s:g}s of the push's start (ray.timeout_sync_s)")
+            ray.get(refs)  # a load that raised: its error, unchanged
+            sent += sum(t.numel() * t.element_size() for t in bucket.values())
+            send_s += time.time() - t1
+        del bucket
+    total = time.time() - t0
+    return {"bytes": sent, "buckets": n_buckets, "seconds": total, "send_s": send_s, "gather_s": total - send_s}
+
+
+@contextmanager
+def _sync_phase():
+    from orchestrator.worker_group import in_phase
+    with in_phase("sync"):
+        yield
 
 
 @dataclass
@@ -170,9 +230,14 @@ class BucketedWeightSync(WeightSync):
         self._last: tuple[torch.Tensor, list[torch.Tensor]] | None = None  # (trainer, engines) at the last check
 
     def sync(self) -> SyncReport:
+        with _sync_phase():
+            return self._sync()
+
+    def _sync(self) -> SyncReport:
         t0 = time.time()
         self.rollout.begin_weight_update(self.verify)
-        stats = self.actor.push_weights(self.rollout.actors, self.bucket_bytes)
+        push = self.actor.submit("push_weights", self.rollout.actors, self.bucket_bytes)
+        stats = push.get(timeout_s=push.timeout_s + PUSH_GRACE_S)
         self.rollout.finish_weight_update()
         transfer_s = time.time() - t0
         report = SyncReport(seconds=0.0, transfer_seconds=transfer_s, bytes=stats[0]["bytes"],
@@ -221,7 +286,8 @@ class BucketedWeightSync(WeightSync):
     def check(self) -> float:
         """Trainer vs every engine replica on the probes (absolute; needs the same dtype on both
         sides); raises WeightSyncError past tolerance, else records the baseline of check 3."""
-        trainer, engines = self._score()
+        with _sync_phase():
+            trainer, engines = self._score()
         worst = self._absolute(trainer, engines)
         self._last = (trainer, engines)
         return worst
@@ -229,7 +295,8 @@ class BucketedWeightSync(WeightSync):
     def baseline(self) -> float:
         """Record the baseline of check 3 without comparing values (an engine in another dtype);
         returns the max |trainer - engine| on the probes, for information."""
-        trainer, engines = self._score()
+        with _sync_phase():
+            trainer, engines = self._score()
         self._last = (trainer, engines)
         return max((e - trainer).abs().max().item() for e in engines)
 
@@ -238,7 +305,8 @@ class BucketedWeightSync(WeightSync):
         when there is no baseline yet); raises WeightSyncError past tolerance, else makes the
         current state the baseline. Returns (max |trainer - engine|, max |delta engine - delta
         trainer|, max |delta trainer|)."""
-        trainer, engines = self._score()
+        with _sync_phase():
+            trainer, engines = self._score()
         absolute = max((e - trainer).abs().max().item() for e in engines)
         if self._last is None:
             self._absolute(trainer, engines)

@@ -16,21 +16,24 @@ that the weights really changed: `workers.weight_sync` verifies every sync from 
 Callers never branch on the engine type.
 
 Weight fingerprints (what `workers.weight_sync` compares after every sync): for each HF-named
-source tensor, `fingerprint(t, engine_dtype)` is computed from what was sent (`UpdateLedger`, in the
-rollout worker as each bucket arrives) and the engine computes the same from what it holds
+source tensor, `fingerprint(t, engine_dtype)` is computed from what was sent (`UpdateLedger`, in
+the rollout worker as each bucket arrives) and the engine computes the same from what it holds
 (`held_fingerprints`), after its own name mapping and repacking:
-- a 2-D tensor W (out x in): X @ round(W)^T in float64, X a fixed 2 x in matrix of +-1 (exact in
-  every float dtype), round = the engine dtype's rounding: 2 numbers per output row. An engine whose linear
-  weights are repacked into a kernel-private layout (vLLM on CPU) gets them by running its own
-  kernel on X ("kernel" check), so the check covers what the forward pass really multiplies by;
-  a packed tensor (qkv, gate_up) is compared per source slice of the output. A readable tensor is
-  fingerprinted directly ("raw" check).
+- a 2-D tensor W (out x in): X @ round(W)^T summed in float64, X a fixed 2 x in matrix of +-1
+  (exact in every float dtype), round = the engine dtype's rounding: 2 numbers per output row. An
+  engine whose linear weights are repacked into a kernel-private layout (vLLM on CPU) gets them by
+  running its own kernel on X ("kernel" check), so the check covers what the forward pass really
+  multiplies by; a packed tensor (qkv, gate_up) is compared per source slice of the output. A
+  tensor the forward pass reads as it is gets fingerprinted directly ("raw" check).
 - a 1-D tensor (norms, biases): the rounded values themselves.
-The relative error ||held - sent|| / ||sent|| is within `fingerprint_tolerance(kind, dtype)`: 1e-9
-for a raw check (the same values summed in float64), 1e-5 + 2 units of roundoff of the engine
-dtype for a kernel check (the kernel sums in float32 and rounds its output: 7.8e-3 in bf16). A random +-1 X keeps the relative norm of a perturbation
-(E||X d||^2 = 2 ||d||^2), so a tensor corrupted by more than the tolerance, relative to its norm,
-is caught whatever it does to the model's outputs.
+The relative error ||held - sent|| / ||sent|| is within `fingerprint_tolerance(kind, dtype)`:
+1e-9 for a raw check (the same values summed in float64), 1e-5 + 2 units of roundoff of the
+engine dtype for a kernel check (the kernel sums in float32, ~2e-7 measured, and rounds its
+output: 7.8e-3 in bf16). A random +-1 X keeps the relative norm of a perturbation
+(E||X d||^2 = 2 ||d||^2), so a tensor off by more than the tolerance, relative to its norm, is
+caught whatever it does to the model's outputs. For scale: one Adam step at lr 1e-6 changes a
+SmolLM2-135M linear weight by 2.5e-6..2.1e-5 of its norm (median 5.3e-6): a raw check sees it,
+an fp32 kernel check sees it once a few such steps add up.
 """
 from __future__ import annotations
 
@@ -113,7 +116,7 @@ _SIGNS: dict[int, torch.Tensor] = {}
 
 
 def fingerprint_signs(width: int) -> torch.Tensor:
-    """The fixed FINGERPRINT_ROWS x width matrix of +-1 (float32) both sides multiply by."""
+    """The fixed FINGERPRINT_ROWS x width matrix of +-1 (float64) both sides multiply by."""
     x = _SIGNS.get(width)
     if x is None:
         g = torch.Generator().manual_seed(0x5EED + width)
@@ -200,11 +203,12 @@ def weight_report(engine: RolloutEngine, ledger: UpdateLedger, full: bool) -> di
                 refs[name] = refs[alias]
     names = sorted({aliases.get(n, n) for n in sent})
     held = engine.held_fingerprints(names)
+    dtype = engine.weight_dtype
     for name in names:
         for where, fp, kind in held.get(name, []):
-            checks.append((where, relative_error(fp, refs[name]), fingerprint_tolerance(kind, engine.weight_dtype), kind))
+            checks.append((where, relative_error(fp, refs[name]), fingerprint_tolerance(kind, dtype), kind))
     return {"missing": sorted(expected - set(names)) if full else [],
             "duplicates": sorted(n for n, c in sent.items() if c > 1),
             "unloaded": engine.unloaded_parameters() if full else [],
-            "checks": checks, "sent": len(sent), "dtype": str(engine.weight_dtype).replace("torch.", ""),
+            "checks": checks, "sent": len(sent), "dtype": str(dtype).replace("torch.", ""),
             "seconds": time.perf_counter() - t0, "ledger_seconds": ledger.seconds}
