@@ -43,7 +43,7 @@ class Rank:
 def start_ranks(ray, world: int = 2, timeout_s: float = 120) -> list:
     from workers.dist import free_port
     port = free_port()
-    actor = ray.remote(num_cpus=1)(Rank)
+    actor = ray.remote(num_cpus=0.5)(Rank)  # room for another group while a module's pair is up
     return started(ray, [actor.remote(r, world, port) for r in range(world)], timeout_s)
 
 

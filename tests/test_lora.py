@@ -245,16 +245,17 @@ def sync_setup(ray_cluster, tiny_model_dir):
                              f"actor.lora_alpha={ALPHA}", "actor.lr=0.02", "actor.micro_batch_size=2"])
     actor_cfg = {**vars(cfg.actor), "lora_sync": "merge"}
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    pool = ResourcePool(2, cpus_per_bundle=1.0, name="lora-sync")
+    # Half a CPU per bundle: the module's `ranks` pair (2 x 0.5 CPU) stays up on Ray's default 2 CPUs.
+    pool = ResourcePool(2, cpus_per_bundle=0.5, name="lora-sync")
     trainers = WorkerGroup(pool, {"actor": (LoraActorWorker, dict(model_path=tiny_model_dir, actor_cfg=actor_cfg))},
-                           name="lora-trainer", num_cpus_per_worker=0.4)
+                           name="lora-trainer", num_cpus_per_worker=0.2)
     lora = dict(rank=RANK, alpha=ALPHA, dropout=0.0, target_modules=list(cfg.actor.lora_target_modules))
     vkw = dict(max_model_len=256, kv_cache_gb=0.0625)
     engines = {"merge": ("vllm", vkw), "adapter-vllm": ("vllm", {**vkw, "lora": lora}),
                "adapter-hf": ("hf", {"lora": lora})}
     rollouts = {k: WorkerGroup(pool, RolloutWorker, dict(model_path=tiny_model_dir, engine=e, engine_kwargs=kw,
                                                          pad_token_id=tok.pad_token_id or 0),
-                               name=f"ro-{k}", num_cpus_per_worker=0.15, bundle_indices=[i % 2])
+                               name=f"ro-{k}", num_cpus_per_worker=0.1, bundle_indices=[i % 2])
                 for i, (k, (e, kw)) in enumerate(engines.items())}
     pending = [g.submit("setup") for g in rollouts.values()]
     actor = trainers.role("actor")
