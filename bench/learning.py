@@ -88,7 +88,8 @@ def run_math(out: Path, steps: int, only: list[str], val_every: int) -> None:
 
 
 RM_PPO = ["data.batch_size=8", "rollout.n=2", "rollout.max_new_tokens=64", "data.val_size=64",
-          "trainer.progress=false", "trainer.save_every=0", "critic.micro_batch_size=4", "actor.micro_batch_size=4"]
+          "trainer.progress=false", "trainer.save_every=5", "trainer.keep_last=1", "critic.micro_batch_size=4",
+          "actor.micro_batch_size=4"]  # checkpoints every 5 steps: a stopped run continues (trainer.resume)
 
 
 def _call(args: list[str], log_path: Path) -> int:
@@ -111,7 +112,7 @@ def run_rm(out: Path, steps: int, val_every: int, pairs: str) -> None:
     rm = out / "runs" / f"rm_{pairs}"
     if not (rm / "hf" / "config.json").exists():
         if _call([sys.executable, "-m", "orchestrator.cli", "train-rm", "configs/rm_math.yaml",
-                  f"rm.train_path={data}", f"rm.output_dir={rm}", "rm.overwrite=true", "rm.batch_size=8"],
+                  f"rm.train_path={data}", f"rm.output_dir={rm}", "rm.overwrite=true", "rm.batch_size=8", "rm.epochs=1"],
                  out / "rm_train.log"):
             raise SystemExit("reward-model training failed")
     run = out / "runs" / f"ppo_rm_{pairs}"
@@ -120,7 +121,8 @@ def run_rm(out: Path, steps: int, val_every: int, pairs: str) -> None:
         return
     _call([sys.executable, "-m", "orchestrator.cli", "train", "configs/ppo_rm_math.yaml", *RM_PPO,
            f"reward.model.path={rm / 'hf'}", f"trainer.total_steps={steps}", f"trainer.val_every={val_every}",
-           f"trainer.output_dir={run}", f"trainer.experiment_name=ppo_rm_{pairs}", "trainer.overwrite=true"],
+           f"trainer.output_dir={run}", f"trainer.experiment_name=ppo_rm_{pairs}",
+           "trainer.resume=true" if (run / "checkpoints").is_dir() else "trainer.overwrite=true"],
           out / f"ppo_rm_{pairs}.log")
 
 
