@@ -229,7 +229,14 @@ class RewardConfig:
                                      "function_weight x function + reward.model.weight x model (both logged apart)")
     model: RewardModelConfig = field(default_factory=RewardModelConfig,
                                      metadata={"help": "a learned reward model scoring every response"})
-    crash_penalty: float = _f(0.0, "reward given when the reward function raises, times out or kills its process (counted)")
+    remote_url: Optional[str] = _f(None, "a reward server scoring every response over HTTP (OpenRLHF's --remote_rm_url "
+                                         "protocol, workers/remote_reward.py) in place of reward.model.path; its score is "
+                                         "weighted by reward.model.weight and logged as reward/model_*")
+    remote_timeout_s: float = _f(30.0, "seconds one request to reward.remote_url may take (connect, each read)")
+    remote_retries: int = _f(3, "retries of a request that timed out, could not connect or got a 5xx answer")
+    remote_batch_size: int = _f(64, "rows per request to reward.remote_url (up to 4 requests in flight)")
+    crash_penalty: float = _f(0.0, "reward given when the reward function raises, times out or kills its process, or "
+                                   "the reward model gives no finite score (counted)")
     timeout_s: float = _f(10.0, "seconds one reward call may take; a slower call scores crash_penalty (reward/timed_out) "
                                 "and its process is replaced")
     num_workers: int = _f(2, "processes that run the reward function, off the driver's main thread")
@@ -245,6 +252,15 @@ class RewardConfig:
         _check(0 <= self.max_crash_fraction <= 1, "reward.max_crash_fraction",
                f"must be in [0, 1], got {self.max_crash_fraction}")
         _check(self.max_crash_steps >= 0, "reward.max_crash_steps", f"must be >= 0, got {self.max_crash_steps}")
+        if self.remote_url is not None:
+            from workers.remote_reward import check_url
+            problem = check_url(str(self.remote_url))
+            _check(problem is None, "reward.remote_url", problem or "")
+            _check(self.model.path is None, "reward.remote_url",
+                   "and reward.model.path are both set: the model's score comes from one of them")
+        _check(self.remote_timeout_s > 0, "reward.remote_timeout_s", f"must be > 0, got {self.remote_timeout_s}")
+        _check(self.remote_retries >= 0, "reward.remote_retries", f"must be >= 0, got {self.remote_retries}")
+        _check(self.remote_batch_size >= 1, "reward.remote_batch_size", f"must be >= 1, got {self.remote_batch_size}")
 
 
 @dataclass
@@ -504,12 +520,14 @@ class Config:
                f"{self.actor.kl_coef} with algorithm.kl_in_reward=true penalizes the KL twice; set one of them")
         _check(self.algorithm.kl_in_reward or self.algorithm.kl_reward_coef == 0, "algorithm.kl_reward_coef",
                "is set but algorithm.kl_in_reward is false")
-        if self.reward.model.path is not None:
-            _check(self.env.name is None and not self.for_.enabled, "reward.model.path",
-                   "a reward model scores single-turn prompt tasks; agent (env.name) and FoR runs take rewards "
-                   "from their environment")
-        _check(self.reward.model.path is not None or self.reward.function_weight != 0, "reward.function_weight",
-               "is 0 and there is no reward.model.path: every reward would be 0")
+        for key, value in (("reward.model.path", self.reward.model.path), ("reward.remote_url", self.reward.remote_url)):
+            if value is not None:
+                _check(self.env.name is None and not self.for_.enabled, key,
+                       "a reward model scores single-turn prompt tasks; agent (env.name) and FoR runs take rewards "
+                       "from their environment")
+        _check(self.reward.model.path is not None or self.reward.remote_url is not None or self.reward.function_weight != 0,
+               "reward.function_weight", "is 0 and there is no reward.model.path nor reward.remote_url: every "
+                                         "reward would be 0")
         _check(self.rollout.num_replicas <= self.actor.world_size, "rollout.num_replicas",
                f"{self.rollout.num_replicas} replicas need as many trainer bundles; actor.world_size is "
                f"{self.actor.world_size}")

@@ -13,6 +13,7 @@ no prompt data and no reward function):
   weights (every shard an index lists); any other name is an error while hub downloads are off
   (HF_HUB_OFFLINE, which the CLI sets), unless the hub cache already holds it;
 - reward.model.path: an HF folder with weights, one label and the policy's vocab_size;
+- reward.remote_url: a server listens at its host and port;
 - env.name: a registered env or an importable 'module:Class'; env.kwargs fit its constructor; and
   the env's assets (`ENV_ASSETS`: ALFWorld's games under data_dir, or the generate_per_type that
   writes them on the first run).
@@ -194,6 +195,21 @@ def check_reward_model(cfg) -> Problems:
                         "reward model must share the policy's tokenizer")
 
 
+def check_remote_reward(cfg) -> Problems:
+    """reward.remote_url: something listens at its host and port (a TCP connect, 5 s at most)."""
+    url = cfg.reward.remote_url
+    if url is None:
+        return
+    import socket
+    from urllib.parse import urlsplit
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=5).close()
+    except OSError as e:
+        yield "reward.remote_url", f"nothing answers at {parts.hostname}:{port} ({type(e).__name__}: {e}); start the reward server first"
+
+
 # ------------------------------------------------------------------------------------- env
 def alfworld_assets(kwargs: dict) -> Problems:
     """ALFWorld needs its optional extra and games: data_dir/split (or $ALFWORLD_DATA) must hold some,
@@ -251,7 +267,7 @@ def check_env(cfg) -> Problems:
 
 # ------------------------------------------------------------------------------------ entry
 CHECKS = [("data.generator", check_generator), ("reward.function", check_reward), ("model.path", check_model),
-          ("reward.model.path", check_reward_model), ("env.name", check_env)]
+          ("reward.model.path", check_reward_model), ("reward.remote_url", check_remote_reward), ("env.name", check_env)]
 
 
 def problems(cfg) -> list[str]:

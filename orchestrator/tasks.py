@@ -25,10 +25,13 @@ from workers.rollout import pack_sequences
 
 
 class PromptTask:
-    """`reward_model`: a reward-model scorer (`score(batch) -> [B]`, placement.Workers.reward_model)
-    or None. With one, a sample's reward is reward.function_weight x the function's score +
+    """`reward_model`: a scorer of (prompt, response) rows (`score(batch) -> [B]`): the reward-model
+    group (placement.Workers.reward_model) or a reward server (workers/remote_reward.py), or None.
+    With one, a sample's reward is reward.function_weight x the function's score +
     reward.model.weight x the model's, and both are logged apart (reward/function_mean,
-    reward/model_mean), so a policy that games the model shows against the rule."""
+    reward/model_mean), so a policy that games the model shows against the rule. A row the model
+    gives no finite score (a failed remote call) scores reward.crash_penalty, counted in
+    reward/model_failed."""
 
     def __init__(self, cfg, tokenizer, sampling_meta, reward_model=None):
         d = cfg.data
@@ -44,7 +47,11 @@ class PromptTask:
         self.val = PromptDataset(val_rows, tokenizer, d.max_prompt_tokens, 1, False, d.seed, cfg.model.chat_template,
                                  source=d.val_path or source) if val_rows else None
         self.reward = RewardFn.from_config(cfg.reward, tokenizer)  # scored in worker processes, time-limited
+        if reward_model is None and cfg.reward.remote_url:
+            from workers.remote_reward import RemoteReward
+            reward_model = RemoteReward.from_config(cfg.reward, tokenizer)
         self.reward_model, self.weights = reward_model, (cfg.reward.function_weight, cfg.reward.model.weight)
+        self.crash_penalty = cfg.reward.crash_penalty
         self.n, self.sampling_meta, self.tok = cfg.rollout.n, sampling_meta, tokenizer
         self.val_rows: list[dict] = []  # the last validation's generations (dump rows)
 
@@ -61,12 +68,16 @@ class PromptTask:
         if self.reward_model is None:
             batch["scores"] = scores
             return metrics
-        model = self.reward_model.score(Batch({"input_ids": batch["input_ids"],
-                                               "attention_mask": batch["attention_mask"]})).float()
+        rows = Batch({"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]},
+                     {"prompt_ids": batch["prompt_ids"], "ground_truth": batch["ground_truth"]})
+        model = self.reward_model.score(rows).float()
+        failed = ~torch.isfinite(model)
+        model = torch.where(failed, torch.full_like(model, self.crash_penalty), model)
         w_fn, w_model = self.weights
         batch["function_scores"], batch["model_scores"] = scores, model
         batch["scores"] = w_fn * scores + w_model * model
-        return {**metrics, "reward/function_mean": scores.mean().item(), "reward/model_mean": model.mean().item(),
+        return {**metrics, **getattr(self.reward_model, "metrics", {}), "reward/model_failed": int(failed.sum()),
+                "reward/function_mean": scores.mean().item(), "reward/model_mean": model.mean().item(),
                 "reward/model_std": model.std().item() if len(model) > 1 else 0.0}
 
     def validate(self, generate) -> dict:
