@@ -3,6 +3,8 @@
     python bench/learning.py math                      # (a) GRPO, Dr.GRPO, RLOO, REINFORCE++, PPO on math
     python bench/learning.py math --steps 40 --only grpo,ppo --out bench_results/learning
     python bench/learning.py rm --steps 40             # (b) PPO against a trained reward model
+    python bench/learning.py agent --seeds 3 --steps 15 # (c) GiGPO vs GRPO on a multi-turn env (tiny model)
+    python bench/learning.py for --seeds 3 --steps 15   # (d) FoR vs GRPO on BlocksWorld (tiny model)
     python bench/learning.py report                    # tables + PNG curves from the finished runs
 
 Each run is `hyflow train` in a child process with its own run directory under --out/runs/; a run
@@ -16,6 +18,17 @@ Suite (b), RLHF: preference pairs (`--pairs format`: a concise `#### n` answer p
 trained on them (`hyflow train-rm configs/rm_math.yaml`), then PPO with a critic against that
 reward model only (configs/ppo_rm_math.yaml): the RM's score and the rule-verified accuracy,
 side by side, per step (learning_rm.png).
+Suite (c), GiGPO vs GRPO on a multi-turn env, `--seeds` seeds each at equal batches (4 groups x 4
+episodes a step, at most 5 turns an episode): the learning tests' tiny model warmed to answer four
+random digits (tests/learning_tasks.py) in SevenCorridor (length 3: an action with a 7 moves one
+cell; step-0 success ~0.2), the same recipe keys but the estimator. Success rate per step and per
+env step, mean +- std over seeds (learning_agent.png).
+Suite (d), FoR vs GRPO on BlocksWorld at equal samples (4 problems x 8 trajectories a step, no local
+search), `--seeds` seeds each: the FoR trainer's sampler and candidate-step policy (the tiny model
+warmed to spread P_F over the candidates, tests/learning_tasks.py), VarGrad TB with FoR's replay,
+ε and tempered sampling vs `for_.objective=grpo` (on-policy). Accuracy and distinct correct plans
+per solved problem, on the training problems' fresh samples and on 8 held-out problems
+(learning_for.png).
 """
 from __future__ import annotations
 
@@ -31,7 +44,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 # Suite (a): every run samples 32 completions per step (prompts x rollout.n).
-MATH_BASE = ["data.val_size=128", "rollout.max_new_tokens=64", "trainer.progress=false", "trainer.save_every=0"]
+# Checkpoints every 5 steps: a stopped run continues where it stopped (trainer.resume), so the
+# suite can be spread over several sessions.
+MATH_BASE = ["data.val_size=128", "rollout.max_new_tokens=64", "trainer.progress=false", "trainer.save_every=5",
+             "trainer.keep_last=1"]
 MATH = {
     "grpo": ["algorithm.advantage=grpo"],
     "drgrpo": ["algorithm.advantage=grpo", "algorithm.norm_by_std=false", "actor.loss_agg=seq-mean-token-sum-norm"],
@@ -78,10 +94,11 @@ def run_math(out: Path, steps: int, only: list[str], val_every: int) -> None:
             continue
         args = [sys.executable, "-m", "orchestrator.cli", "train", "configs/quickstart.yaml", *MATH_BASE, *MATH[name],
                 f"trainer.total_steps={steps}", f"trainer.val_every={val_every}", f"trainer.output_dir={run}",
-                f"trainer.experiment_name=math_{name}", "trainer.overwrite=true"]
+                f"trainer.experiment_name=math_{name}",
+                "trainer.resume=true" if (run / "checkpoints").is_dir() else "trainer.overwrite=true"]
         print(f"[learning] {name}: {' '.join(args[3:])}", flush=True)
         t0 = time.time()
-        with open(out / f"math_{name}.log", "w") as log:
+        with open(out / f"math_{name}.log", "a") as log:
             rc = subprocess.call(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                  env={**os.environ, "PYTHONPATH": str(REPO)})
         print(f"[learning] {name}: exit {rc} after {time.time() - t0:.0f} s", flush=True)
@@ -124,6 +141,195 @@ def run_rm(out: Path, steps: int, val_every: int, pairs: str) -> None:
            f"trainer.output_dir={run}", f"trainer.experiment_name=ppo_rm_{pairs}",
            "trainer.resume=true" if (run / "checkpoints").is_dir() else "trainer.overwrite=true"],
           out / f"ppo_rm_{pairs}.log")
+
+
+AGENT = {"gigpo": "gigpo_alfworld.yaml", "grpo": "grpo_alfworld.yaml"}
+AGENT_KEYS = ["env.name=tests.learning_tasks:SevenCorridor", "env.max_steps=5", "env.val_groups=0",
+              "env.invalid_penalty=0.0", "env.history_length=1", "data.batch_size=4", "rollout.n=4",
+              "rollout.max_new_tokens=6", "rollout.max_model_len=1024", "data.max_prompt_tokens=512",
+              "actor.lr=2e-3", "actor.entropy_coef=0.0", "actor.kl_coef=0.0", "actor.micro_batch_size=16",
+              "rollout.temperature=1.0", "rollout.kv_cache_gb=0.25", "weight_sync.bucket_mb=4", "data.val_size=0",
+              "trainer.progress=false", "trainer.save_every=0"]
+
+
+def agent_run(out: Path, algo: str, seed: int, steps: int) -> None:
+    """One suite-(c) run, in this process (a child of `run_agent`)."""
+    from orchestrator.config import load_config
+    from orchestrator.trainer import Trainer
+    run = out / "runs" / f"agent_{algo}_s{seed}"
+    cfg = load_config(str(REPO / "configs" / AGENT[algo]), [
+        f"model.path={out / 'digit_model'}", f"trainer.output_dir={run}", "trainer.overwrite=true",
+        f"trainer.seed={seed}", f"env.seed={1000 * seed}", f"trainer.total_steps={steps}",
+        f"trainer.experiment_name=agent_{algo}_s{seed}", *AGENT_KEYS])
+    cfg.env.kwargs = {"length": 3}  # replaces the recipe's ALFWorld kwargs
+    trainer = Trainer(cfg)
+    try:
+        trainer.fit()
+    finally:
+        trainer.shutdown()
+
+
+def run_agent(out: Path, steps: int, seeds: int) -> None:
+    model = out / "digit_model"
+    if not (model / "config.json").exists():
+        sys.path.insert(0, str(REPO))
+        from tests.learning_tasks import digit_model
+        digit_model(model)
+    for seed in range(seeds):
+        for algo in AGENT:
+            run = out / "runs" / f"agent_{algo}_s{seed}"
+            if sum(1 for r in rows_of(run) if "env/success_rate" in r) >= steps:
+                print(f"[learning] agent_{algo}_s{seed}: done already", flush=True)
+                continue
+            _call([sys.executable, str(Path(__file__).resolve()), "agent-run", "--algo", algo, "--seed", str(seed),
+                   "--steps", str(steps), "--out", str(out)], out / f"agent_{algo}_s{seed}.log")
+
+
+def report_agent(out: Path) -> dict:
+    """learning_agent.md / .png: success per step and per env step, mean +- std over seeds."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    curves = {}
+    for algo in AGENT:
+        runs = [[r for r in rows_of(run) if "env/success_rate" in r]
+                for run in sorted((out / "runs").glob(f"agent_{algo}_s*"))]
+        runs = [r for r in runs if r]
+        if runs:
+            n = min(len(r) for r in runs)
+            succ = np.array([[x["env/success_rate"] for x in r[:n]] for r in runs])
+            env_steps = np.array([np.cumsum([16 * x["env/length_mean"] for x in r[:n]]) for r in runs])
+            curves[algo] = (succ, env_steps)
+    if not curves:
+        return {}
+    lines = ["| estimator | seeds | steps | success, first 3 steps | success, last 3 steps (mean ± std over seeds) | "
+             "env steps used | mean success over all steps |", "|---|---|---|---|---|---|---|"]
+    result = {}
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
+    for algo, (succ, env_steps) in curves.items():
+        first, last = succ[:, :3].mean(1), succ[:, -3:].mean(1)
+        lines.append(f"| {algo} | {len(succ)} | {succ.shape[1]} | {first.mean():.3f} ± {first.std():.3f} | "
+                     f"{last.mean():.3f} ± {last.std():.3f} | {env_steps[:, -1].mean():.0f} | {succ.mean():.3f} |")
+        result[algo] = {"last": float(last.mean()), "last_std": float(last.std()), "auc": float(succ.mean())}
+        x = np.arange(1, succ.shape[1] + 1)
+        m, sd = succ.mean(0), succ.std(0)
+        ax1.plot(x, m, label=f"{algo} ({len(succ)} seeds)")
+        ax1.fill_between(x, m - sd, m + sd, alpha=0.2)
+        for k, (e, s_) in enumerate(zip(env_steps, succ)):
+            ax2.plot(e, s_, color="tab:blue" if algo == "gigpo" else "tab:orange", alpha=0.6,
+                     label=algo if k == 0 else None)
+    ax1.set(xlabel="step", ylabel="train success rate", title="(c) SevenCorridor(3): success per step")
+    ax2.set(xlabel="env steps (cumulative)", ylabel="train success rate", title="per env step, each seed")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "learning_agent.png")
+    (out / "learning_agent.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return {f"agent_{a}_{k}": round(v, 4) for a, r in result.items() for k, v in r.items()}
+
+
+FOR_KEYS = ["trainer.progress=false", "trainer.val_every=5", "trainer.save_every=0", "actor.lora_rank=0",
+            "actor.lr=2e-3", "actor.micro_batch_size=32", "weight_sync.bucket_mb=4", "rollout.kv_cache_gb=0.25",
+            "for_.num_problems=8", "data.batch_size=4", "for_.n_blocks=[3,4]", "for_.plan_lengths=[2,4]",
+            "for_.n_samples=8", "for_.ll_weight=0", "for_.local_search_tries=0", "for_.val_problems=8",
+            "for_.val_samples=8"]
+FOR = {"for": ["for_.objective=vargrad_tb"],
+       "grpo": ["for_.objective=grpo", "for_.use_buffer_prob=[0,0]", "for_.epsilon=[0,0]", "for_.pf_temp_prob=0"]}
+
+
+def for_run(out: Path, algo: str, seed: int, steps: int) -> None:
+    """One suite-(d) run, in this process (a child of `run_for`)."""
+    from orchestrator.config import load_config
+    from orchestrator.for_trainer import ForTrainer
+    run = out / "runs" / f"for_{algo}_s{seed}"
+    cfg = load_config(str(REPO / "configs/for_blocksworld.yaml"), [
+        f"model.path={out / 'for_model'}", f"trainer.output_dir={run}", "trainer.overwrite=true",
+        f"trainer.seed={seed}", f"trainer.total_steps={steps}", f"trainer.experiment_name=for_{algo}_s{seed}",
+        *FOR_KEYS, *FOR[algo]])
+    trainer = ForTrainer(cfg)
+    try:
+        trainer.fit()
+    finally:
+        trainer.shutdown()
+
+
+def run_for(out: Path, steps: int, seeds: int) -> None:
+    model = out / "for_model"
+    if not (model / "config.json").exists():
+        sys.path.insert(0, str(REPO))
+        from orchestrator.config import load_config
+        from tests.learning_tasks import for_model
+        for_model(model, load_config(str(REPO / "configs/for_blocksworld.yaml"), FOR_KEYS).for_)
+    for seed in range(seeds):
+        for algo in FOR:
+            run = out / "runs" / f"for_{algo}_s{seed}"
+            if sum(1 for r in rows_of(run) if "for/loss" in r) >= steps:
+                print(f"[learning] for_{algo}_s{seed}: done already", flush=True)
+                continue
+            _call([sys.executable, str(Path(__file__).resolve()), "for-run", "--algo", algo, "--seed", str(seed),
+                   "--steps", str(steps), "--out", str(out)], out / f"for_{algo}_s{seed}.log")
+
+
+def report_for(out: Path) -> dict:
+    """learning_for.md / .png: accuracy and distinct correct plans, FoR vs GRPO, mean ± std over seeds."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    def series(rows, key):
+        return [(r["step"], r[key]) for r in rows if key in r and r[key] == r[key]]  # NaN: none solved
+
+    lines = ["| objective | seeds | steps | train accuracy (fresh samples), first 3 → last 3 steps | train distinct "
+             "correct plans per solved problem, last 3 steps | val accuracy, step 0 → last | val distinct correct "
+             "plans, last |", "|---|---|---|---|---|---|---|"]
+    result = {}
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4), dpi=110)
+    for algo in FOR:
+        runs = [rows_of(run) for run in sorted((out / "runs").glob(f"for_{algo}_s*"))]
+        runs = [r for r in runs if any("for/loss" in x for x in r)]
+        if not runs:
+            continue
+        acc = [[v for _, v in series(r, "for/train/accuracy")] for r in runs]
+        div = [[v for _, v in series(r, "for/train/diversity")] for r in runs]
+        val = [series(r, "val/accuracy") for r in runs]
+        vdiv = [series(r, "val/diversity") for r in runs]
+        first = np.array([np.mean(a[:3]) for a in acc])
+        last = np.array([np.mean(a[-3:]) for a in acc])
+        dlast = np.array([np.mean(d[-3:]) if d else float("nan") for d in div])
+        v0 = np.array([v[0][1] for v in val if v])
+        v1 = np.array([v[-1][1] for v in val if v])
+        vd = np.array([v[-1][1] for v in vdiv if v])
+        lines.append(f"| {algo} | {len(runs)} | {min(map(len, acc))} | {first.mean():.3f} ± {first.std():.3f} → "
+                     f"{last.mean():.3f} ± {last.std():.3f} | {np.nanmean(dlast):.2f} ± {np.nanstd(dlast):.2f} | "
+                     f"{v0.mean():.3f} → {v1.mean():.3f} ± {v1.std():.3f} | "
+                     f"{(np.nanmean(vd) if len(vd) else float('nan')):.2f} |")
+        result[algo] = {"train_acc_last": float(last.mean()), "train_distinct_last": float(np.nanmean(dlast)),
+                        "val_acc_last": float(v1.mean()) if len(v1) else float("nan")}
+        color = "tab:green" if algo == "for" else "tab:orange"
+        for k, r in enumerate(runs):
+            lab = algo if k == 0 else None
+            axes[0].plot(*zip(*series(r, "for/train/accuracy")), color=color, alpha=0.6, label=lab)
+            if series(r, "for/train/diversity"):
+                axes[1].plot(*zip(*series(r, "for/train/diversity")), color=color, alpha=0.6, label=lab)
+            if series(r, "val/accuracy"):
+                axes[2].plot(*zip(*series(r, "val/accuracy")), "o-", color=color, alpha=0.6, label=lab)
+    if not result:
+        return {}
+    for ax, title in zip(axes, ["train accuracy (fresh samples)", "distinct correct plans / solved problem",
+                                "held-out accuracy (8 samples)"]):
+        ax.set(xlabel="step", title=f"(d) BlocksWorld: {title}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "learning_for.png")
+    (out / "learning_for.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return {f"for_{a}_{k}": round(v, 4) for a, r in result.items() for k, v in r.items()}
 
 
 def report_rm(out: Path) -> dict:
@@ -210,13 +416,18 @@ def report(out: Path) -> dict:
     print("\n".join(lines))
     summary = {f"math_{k}_delta": round(v["delta"], 4) for k, v in result.items()}
     summary.update(report_rm(out))
+    summary.update(report_agent(out))
+    summary.update(report_for(out))
     print(json.dumps(summary))
     return summary
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("suite", choices=["math", "rm", "report"])
+    ap.add_argument("suite", choices=["math", "rm", "agent", "for", "report", "agent-run", "for-run"])
+    ap.add_argument("--seeds", type=int, default=3, help="suite (c)'s seeds per estimator")
+    ap.add_argument("--algo", choices=sorted({*AGENT, *FOR}), help="agent-run / for-run: what trains (internal)")
+    ap.add_argument("--seed", type=int, default=0, help="agent-run: the seed (internal)")
     ap.add_argument("--pairs", choices=["format", "math"], default="format", help="suite (b)'s preference pairs")
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--val-every", type=int, default=10)
@@ -224,6 +435,16 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=REPO / "bench_results" / "learning")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
+    if a.suite == "agent-run":
+        agent_run(a.out, a.algo, a.seed, a.steps)
+        return 0
+    if a.suite == "for-run":
+        for_run(a.out, a.algo, a.seed, a.steps)
+        return 0
+    if a.suite == "agent":
+        run_agent(a.out, a.steps, a.seeds)
+    if a.suite == "for":
+        run_for(a.out, a.steps, a.seeds)
     if a.suite == "math":
         run_math(a.out, a.steps, a.only.split(","), a.val_every)
     if a.suite == "rm":

@@ -303,9 +303,11 @@ class ForConfig:
     """Flow of Reasoning (GFlowNet fine-tuning, Yu et al. 2025): orchestrator/for_trainer.py, tasks in envs/for_domains.py."""
     enabled: bool = _f(False, "run the FoR trainer (orchestrator/for_trainer.py) instead of the RL trainer")
     domain: Literal["blocksworld", "game24", "prontoqa"] = _f("blocksworld", "the reasoning task (envs/for_domains.py)")
-    objective: Literal["vargrad_tb", "tb", "db", "subtb", "fl_db", "fl_subtb"] = _f(
+    objective: Literal["vargrad_tb", "tb", "db", "subtb", "fl_db", "fl_subtb", "grpo"] = _f(
         "vargrad_tb", "GFlowNet loss: log-variance TB (FoR), TB with a learned per-problem log Z, DB / SubTB, or "
-        "forward-looking FL-DB / FL-SubTB (db, subtb, fl_* learn a flow head on the LLM's last hidden state)")
+        "forward-looking FL-DB / FL-SubTB (db, subtb, fl_* learn a flow head on the LLM's last hidden state); "
+        "grpo: the RL baseline on the same sampler (group-normalised untempered R; on-policy: no replay, "
+        "local search or epsilon)")
     num_problems: int = _f(15, "training problems (FoR: 15 BlocksWorld problems per plan length)")
     n_blocks: list[int] = _f([3, 4, 5], "blocksworld: block counts of the generated problems")
     plan_lengths: list[int] = _f([2], "blocksworld: optimal plan lengths of the generated problems")
@@ -357,6 +359,12 @@ class ForConfig:
         _check(self.logz_lr > 0, "for_.logz_lr", f"must be > 0, got {self.logz_lr}")
         _check(self.val_problems >= 0, "for_.val_problems", f"must be >= 0, got {self.val_problems}")
         _check(self.val_samples >= 1, "for_.val_samples", f"must be >= 1, got {self.val_samples}")
+        if self.objective == "grpo":  # on-policy: what is trained on is what P_F sampled
+            off = {k: v for k, v in (("use_buffer_prob", max(self.use_buffer_prob)), ("epsilon", max(self.epsilon)),
+                                     ("local_search_tries", self.local_search_tries),
+                                     ("pf_temp_prob", self.pf_temp_prob)) if v}
+            _check(not off, "for_.objective", f"grpo is on-policy; set {', '.join(f'for_.{k}' for k in off)} to 0 "
+                                              f"(they replay, explore or search off-policy)")
 
 
 @dataclass

@@ -85,6 +85,35 @@ def test_problem_objectives_match_the_algorithms_library():
         problem_objective("fl_db", log_pf, log_pb, log_r, mask)
 
 
+def test_grpo_baseline_objective_by_hand():
+    """R = (100, 5, 0.1): mean 35.0333, unbiased std 56.3085; A_i = (R_i - mean) / (std + 1e-6);
+    loss = -mean_i A_i * (sum of the row's masked log P_F); its gradient w.r.t. log P_F[i, t] is
+    -A_i / 3 on real steps and 0 on padding."""
+    log_pf = torch.tensor([[-0.5, -1.0], [-0.2, 0.7], [-2.0, -0.1]], requires_grad=True)
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
+    log_r = torch.tensor([math.log(100.0), math.log(5.0), math.log(0.1)])
+    mean = (100 + 5 + 0.1) / 3
+    std = math.sqrt(sum((x - mean) ** 2 for x in (100, 5, 0.1)) / 2)
+    adv = [(x - mean) / (std + 1e-6) for x in (100, 5, 0.1)]
+    loss, _ = problem_objective("grpo", log_pf, torch.zeros(3, 2), log_r, mask)
+    assert loss.item() == pytest.approx(-(adv[0] * -1.5 + adv[1] * -0.2 + adv[2] * -2.1) / 3, rel=1e-6)
+    loss.backward()
+    want = torch.tensor([[-adv[0] / 3] * 2, [-adv[1] / 3, 0.0], [-adv[2] / 3] * 2])
+    assert torch.allclose(log_pf.grad, want, atol=1e-6)
+    same, _ = problem_objective("grpo", log_pf.detach(), torch.zeros(3, 2), torch.zeros(3), mask)
+    assert same.item() == 0.0  # equal rewards: no signal
+
+
+def test_grpo_objective_is_on_policy_only():
+    from orchestrator.config import ConfigError, load_config
+    with pytest.raises(ConfigError, match=r"^for_\.objective: grpo is on-policy; set for_\.use_buffer_prob, "
+                                          r"for_\.epsilon, for_\.local_search_tries, for_\.pf_temp_prob to 0"):
+        load_config(str(REPO / "configs/for_blocksworld.yaml"), ["for_.objective=grpo"])
+    load_config(str(REPO / "configs/for_blocksworld.yaml"), [
+        "for_.objective=grpo", "for_.use_buffer_prob=[0,0]", "for_.epsilon=[0,0]", "for_.local_search_tries=0",
+        "for_.pf_temp_prob=0"])
+
+
 # ------------------------------------------------------------------------------ driver helpers
 def test_candidates_rewards_metrics_and_cursor():
     d = BlocksWorldDomain((3,), (2,))

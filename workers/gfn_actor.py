@@ -34,7 +34,7 @@ from orchestrator.worker_group import Dispatch, register
 from workers.actor import ActorWorker
 from workers.backends.base import length_order
 
-OBJECTIVES = ("vargrad_tb", "tb", "db", "subtb", "fl_db", "fl_subtb")
+OBJECTIVES = ("vargrad_tb", "tb", "db", "subtb", "fl_db", "fl_subtb", "grpo")
 FLOW_OBJECTIVES = ("db", "subtb", "fl_db", "fl_subtb")  # need F̃(s): the flow head
 FLOW_HEAD_FILE = "flow_head.safetensors"
 
@@ -85,8 +85,11 @@ def problem_objective(objective: str, log_pf: torch.Tensor, log_pb: torch.Tensor
     """(loss = mean over the problem's trajectories, Φ = log R + Σ log P_B − Σ log P_F [n] detached).
     vargrad_tb: the group mean of Φ plays log Z; tb: log_z is the problem's learned scalar; db /
     subtb: log_flow [n, T+1] = log F(s) (log F(s_0) plays log Z; log R at the terminal);
-    fl_db / fl_subtb: log_flow = log F̃(s) and energies [n, T+1] = E(s_t), the last real one −log R."""
+    fl_db / fl_subtb: log_flow = log F̃(s) and energies [n, T+1] = E(s_t), the last real one −log R;
+    grpo: the RL baseline on the same sampler (FoR vs GRPO, bench/learning.py for)."""
     phi = (log_r + (log_pb * mask).sum(-1) - (log_pf * mask).sum(-1)).detach()
+    if objective == "grpo":
+        return grpo_trajectory_loss(log_pf, log_r, mask), phi
     if objective == "vargrad_tb":
         return vargrad_tb_loss(log_pf, log_pb, log_r, mask, [0] * log_pf.shape[0]), phi
     if objective == "tb":
@@ -106,6 +109,21 @@ def problem_objective(objective: str, log_pf: torch.Tensor, log_pb: torch.Tensor
             return fl_db_loss(log_pf, log_pb, log_flow, energies, mask), phi
         return fl_subtb_loss(log_pf, log_pb, log_flow, energies, mask, lam=lam), phi
     raise ValueError(f"unknown GFlowNet objective {objective!r}; choose one of {list(OBJECTIVES)}")
+
+
+def grpo_trajectory_loss(log_pf: torch.Tensor, log_r: torch.Tensor, mask: torch.Tensor,
+                         eps: float = 1e-6) -> torch.Tensor:
+    """GRPO over one problem's n trajectories of the candidate-step policy, the baseline FoR is
+    compared with at equal samples: A_i = (R_i − mean R) / (std R + eps) over the group (verl's
+    GRPO: unbiased std, eps 1e-6), R_i = exp(log_r_i), and the loss −mean_i A_i · Σ_t log P_F(a_t|s_t).
+    Its gradient is GRPO's clipped surrogate at ratio 1 (one on-policy update per batch, as the FoR
+    trainer makes; sequence-level, each trajectory's steps summed: its actions are whole steps).
+    A group of one trajectory, or of equal rewards, has A = 0."""
+    r = log_r.exp()
+    adv = r - r.mean()
+    if r.numel() > 1:
+        adv = adv / (r.std() + eps)
+    return -(adv.detach() * (log_pf * mask).sum(-1)).mean()
 
 
 class GFlowNetActorWorker(ActorWorker):
