@@ -282,7 +282,8 @@ def report_for(out: Path) -> dict:
     import numpy as np
 
     def series(rows, key):
-        return [(r["step"], r[key]) for r in rows if key in r and r[key] == r[key]]  # NaN: none solved
+        return [(r["step"], r[key]) for r in rows  # NaN / null: nothing solved
+                if isinstance(r.get(key), (int, float)) and r[key] == r[key]]
 
     lines = ["| objective | seeds | steps | train accuracy (fresh samples), first 3 → last 3 steps | train distinct "
              "correct plans per solved problem, last 3 steps | val accuracy, step 0 → last | val distinct correct "
@@ -297,7 +298,9 @@ def report_for(out: Path) -> dict:
         acc = [[v for _, v in series(r, "for/train/accuracy")] for r in runs]
         div = [[v for _, v in series(r, "for/train/diversity")] for r in runs]
         val = [series(r, "val/accuracy") for r in runs]
-        vdiv = [series(r, "val/diversity") for r in runs]
+        # diversity at each run's last validation (NaN when it solved nothing)
+        vdiv = [[(x["step"], x["val/diversity"] if isinstance(x.get("val/diversity"), (int, float)) else float("nan"))
+                 for x in r if "val/accuracy" in x] for r in runs]
         first = np.array([np.mean(a[:3]) for a in acc])
         last = np.array([np.mean(a[-3:]) for a in acc])
         dlast = np.array([np.mean(d[-3:]) if d else float("nan") for d in div])
@@ -369,7 +372,7 @@ def report_rm(out: Path) -> dict:
         ax2.plot([r["step"] for r in val], [r["val/accuracy"] for r in val], "o--", color="tab:red",
                  label="rule accuracy (greedy, held out)")
         ax2.set(ylabel="rule-verified accuracy", ylim=(0, 1))
-        fig.legend(loc="upper left", fontsize=8)
+        fig.legend(loc="center right", bbox_to_anchor=(0.88, 0.45), fontsize=8)
         fig.tight_layout()
         fig.savefig(out / f"learning_rm_{pairs}.png")
     if result:

@@ -323,7 +323,7 @@ class ForTrainer:
                 rows.append({"kind": "trajectory", "problem": p, "actions": list(acts),
                              "states": [d.state_text(prob, s) for s in d.walk(prob, acts)],
                              "log_r": log_r[p][j], "log_pf": lp[j] if j < len(lp) else None,
-                             "log_z": float(self.log_z[p]) if problems is self.problems else None,
+                             "log_z": float(self.log_z[p].detach()) if problems is self.problems else None,
                              "correct": bool(d.correct(prob, acts)), "replayed": p in replayed})
         return rows
 
