@@ -150,8 +150,9 @@ def test_a_server_that_never_answers_costs_a_bounded_time(server, tok):
     t0 = time.monotonic()
     scores = scorer.score(batch)
     elapsed = time.monotonic() - t0
-    # Bound: (retries + 1) x timeout + the pause, + 1 s; the server sleeps 30 s per request.
-    assert elapsed < 2 * 0.5 + 0.5 + 1.0 + 1.0, elapsed
+    # The call's budget is (retries + 1) x timeout + the pause + 1 s = 2.5 s (2 s of slack for a
+    # loaded machine); the server sleeps 30 s per request.
+    assert elapsed < 2 * 0.5 + 0.5 + 1.0 + 2.0, elapsed
     assert torch.isnan(scores).all() and scorer.metrics["reward/remote_failed"] == 4
     assert "timed out" in scorer.last_error or "TimeoutError" in scorer.last_error
 
