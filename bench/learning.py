@@ -170,20 +170,26 @@ def agent_run(out: Path, algo: str, seed: int, steps: int) -> None:
         trainer.shutdown()
 
 
+def run_seeds(out: Path, suite: str, algos: list[str], steps: int, seeds: int, step_key: str) -> None:
+    """Each (seed, algo) run of a seeded suite in a child (`<suite>-run`), skipping finished ones
+    (at least `steps` metrics rows carrying step_key)."""
+    for seed in range(seeds):
+        for algo in algos:
+            name = f"{suite}_{algo}_s{seed}"
+            if sum(1 for r in rows_of(out / "runs" / name) if step_key in r) >= steps:
+                print(f"[learning] {name}: done already", flush=True)
+                continue
+            _call([sys.executable, str(Path(__file__).resolve()), f"{suite}-run", "--algo", algo, "--seed", str(seed),
+                   "--steps", str(steps), "--out", str(out)], out / f"{name}.log")
+
+
 def run_agent(out: Path, steps: int, seeds: int) -> None:
     model = out / "digit_model"
     if not (model / "config.json").exists():
         sys.path.insert(0, str(REPO))
         from tests.learning_tasks import digit_model
         digit_model(model)
-    for seed in range(seeds):
-        for algo in AGENT:
-            run = out / "runs" / f"agent_{algo}_s{seed}"
-            if sum(1 for r in rows_of(run) if "env/success_rate" in r) >= steps:
-                print(f"[learning] agent_{algo}_s{seed}: done already", flush=True)
-                continue
-            _call([sys.executable, str(Path(__file__).resolve()), "agent-run", "--algo", algo, "--seed", str(seed),
-                   "--steps", str(steps), "--out", str(out)], out / f"agent_{algo}_s{seed}.log")
+    run_seeds(out, "agent", list(AGENT), steps, seeds, "env/success_rate")
 
 
 def report_agent(out: Path) -> dict:
@@ -265,14 +271,7 @@ def run_for(out: Path, steps: int, seeds: int) -> None:
         from orchestrator.config import load_config
         from tests.learning_tasks import for_model
         for_model(model, load_config(str(REPO / "configs/for_blocksworld.yaml"), FOR_KEYS).for_)
-    for seed in range(seeds):
-        for algo in FOR:
-            run = out / "runs" / f"for_{algo}_s{seed}"
-            if sum(1 for r in rows_of(run) if "for/loss" in r) >= steps:
-                print(f"[learning] for_{algo}_s{seed}: done already", flush=True)
-                continue
-            _call([sys.executable, str(Path(__file__).resolve()), "for-run", "--algo", algo, "--seed", str(seed),
-                   "--steps", str(steps), "--out", str(out)], out / f"for_{algo}_s{seed}.log")
+    run_seeds(out, "for", list(FOR), steps, seeds, "for/loss")
 
 
 def report_for(out: Path) -> dict:
