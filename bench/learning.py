@@ -295,8 +295,8 @@ def report_for(out: Path) -> dict:
         runs = [r for r in runs if any("for/loss" in x for x in r)]
         if not runs:
             continue
-        acc = [[v for _, v in series(r, "for/train/accuracy")] for r in runs]
-        div = [[v for _, v in series(r, "for/train/diversity")] for r in runs]
+        acc = [[v for _, v in series(r, "for/accuracy")] for r in runs]
+        div = [[v for _, v in series(r, "for/diversity")] for r in runs]
         val = [series(r, "val/accuracy") for r in runs]
         # diversity at each run's last validation (NaN when it solved nothing)
         vdiv = [[(x["step"], x["val/diversity"] if isinstance(x.get("val/diversity"), (int, float)) else float("nan"))
@@ -316,9 +316,9 @@ def report_for(out: Path) -> dict:
         color = "tab:green" if algo == "for" else "tab:orange"
         for k, r in enumerate(runs):
             lab = algo if k == 0 else None
-            axes[0].plot(*zip(*series(r, "for/train/accuracy")), color=color, alpha=0.6, label=lab)
-            if series(r, "for/train/diversity"):
-                axes[1].plot(*zip(*series(r, "for/train/diversity")), color=color, alpha=0.6, label=lab)
+            axes[0].plot(*zip(*series(r, "for/accuracy")), color=color, alpha=0.6, label=lab)
+            if series(r, "for/diversity"):
+                axes[1].plot(*zip(*series(r, "for/diversity")), color=color, alpha=0.6, label=lab)
             if series(r, "val/accuracy"):
                 axes[2].plot(*zip(*series(r, "val/accuracy")), "o-", color=color, alpha=0.6, label=lab)
     if not result:

@@ -29,7 +29,7 @@ untempered R, on-policy: `workers/gfn_actor.grpo_trajectory_loss`).
 Metrics (FoR §4.5): accuracy (≥ 1 correct among k samples), diversity (distinct correct solutions per
 solved problem), creativity (share of distinct correct validation solutions that the step-0 policy,
 i.e. the base model, never found); on held-out problems (val/*) and, each step, on the training
-problems' fresh samples (for/train/accuracy, for/train/diversity).
+problems' fresh samples (for/accuracy, for/diversity).
 
 Checkpoints (`checkpoints/step_N/`): the actor (LoRA adapter + optimizer, flow head) and
 trainer_state.json with the replay buffer (contents, order, RNG), log Z (+ its Adam state), the
@@ -268,9 +268,6 @@ class ForTrainer:
                 trajs = self.sample(fresh, f.n_samples, self.problems, sch["epsilon"], sch["pf_temp"], f.pf_temp_prob,
                                     d.untempered_pf_temp)
             sampled_log_pf = self.last_log_pf
-            # Fresh samples only (before replay and local search): what P_F itself finds.
-            fresh_metrics = solution_metrics(correct_solutions({p: trajs[p] for p in fresh}, self.problems, d),
-                                             "for/train") if fresh else {}
             for p in replayed:
                 trajs[p] = [item for _, _, item in self.replay.sample(p, f.n_samples)]
             lr = dict(zip(pids, self._split(self.log_rewards([(p, a) for p in pids for a in trajs[p]]),
@@ -303,8 +300,7 @@ class ForTrainer:
                "for/log_r_mean": float(np.mean([r for p in pids for r in lr[p]])),
                "for/replay_size": len(self.replay), "for/local_search_accepted": n_ls,
                "for/replayed_problems": len(replayed), "actor/grad_norm": outs[0]["grad_norm"],
-               "for/log_z_mean": float(self.log_z.detach()[pids].mean()), **fresh_metrics,
-               **{f"for/{k}": v for k, v in sch.items()}}
+               "for/log_z_mean": float(self.log_z.detach()[pids].mean()), **{f"for/{k}": v for k, v in sch.items()}}
         if f.objective in FLOW_OBJECTIVES:
             row["for/log_f0_mean"] = float(np.mean([v for o in outs for v in o["log_f0"].values()]))
         row.update(solution_metrics(correct_solutions({p: trajs[p][:f.n_samples] for p in fresh}, self.problems,
