@@ -3,7 +3,8 @@
     python bench/learning.py math                      # (a) GRPO, Dr.GRPO, RLOO, REINFORCE++, PPO on math
     python bench/learning.py math --steps 40 --only grpo,ppo --out bench_results/learning
     python bench/learning.py rm --steps 40             # (b) PPO against a trained reward model
-    python bench/learning.py agent --seeds 3 --steps 15 # (c) GiGPO vs GRPO on a multi-turn env (tiny model)
+    python bench/learning.py agent --seeds 5 --steps 20 # (c) GiGPO vs GRPO on a multi-turn env (tiny model)
+    python bench/learning.py agent --env corridor --seeds 3 --steps 15
     python bench/learning.py for --seeds 3 --steps 15   # (d) FoR vs GRPO on BlocksWorld (tiny model)
     python bench/learning.py report                    # tables + PNG curves from the finished runs
 
@@ -19,11 +20,14 @@ trained on them (`hyflow train-rm configs/rm_math.yaml`), then PPO with a critic
 reward model only (configs/ppo_rm_math.yaml): the RM's score and the rule-verified accuracy,
 side by side, per step (learning_rm.png).
 Suite (c), GiGPO vs GRPO on a multi-turn env, `--seeds` seeds each at equal batches (4 groups x 4
-episodes a step, at most 6 turns an episode): the learning tests' tiny model warmed to answer four
-random digits (tests/learning_tasks.py) in SevenCorridor (length 4: an action with a 7 moves one
-cell; step-0 success ~0.1), the same recipe keys but the estimator. (Length 3 in 5 turns at lr
-2e-3 saturated both estimators by step 5: no ordering to see.) Success rate per step and per
-env step, mean +- std over seeds (learning_agent.png).
+episodes a step): the learning tests' tiny model warmed to answer four random digits
+(tests/learning_tasks.py), the same recipe keys but the estimator. `--env code` (default):
+CodeCorridor("408"), 8 turns; each cell wants its own digit and no other cell's, so the right
+action depends on the state (the code is the one of the 720 whose cells the warmed model passes
+most evenly, ~0.2 a turn each: step-0 success ~0.2). `--env corridor`: SevenCorridor(4), 6 turns; an action with a 7
+moves, the same in every cell. (Length 3 in 5 turns at lr 2e-3 saturated both estimators by step
+5: no ordering to see.) Success rate per step and per env step, mean +- std over seeds
+(learning_agent_<env>.png).
 Suite (d), FoR vs GRPO on BlocksWorld at equal samples (4 problems x 8 trajectories a step, no local
 search), `--seeds` seeds each: the FoR trainer's sampler and candidate-step policy (the tiny model
 warmed to spread P_F over the candidates, tests/learning_tasks.py), VarGrad TB with FoR's replay,
@@ -145,7 +149,11 @@ def run_rm(out: Path, steps: int, val_every: int, pairs: str) -> None:
 
 
 AGENT = {"gigpo": "gigpo_alfworld.yaml", "grpo": "grpo_alfworld.yaml"}
-AGENT_KEYS = ["env.name=tests.learning_tasks:SevenCorridor", "env.max_steps=6", "env.val_groups=0",
+# --env: (env class, its kwargs, turns per episode). corridor: an action with a 7 moves (the best
+# action is the same in every cell); code: each cell wants its own digit alone (state-dependent).
+AGENT_ENVS = {"corridor": ("tests.learning_tasks:SevenCorridor", {"length": 4}, 6),
+              "code": ("tests.learning_tasks:CodeCorridor", {"code": "408"}, 8)}
+AGENT_KEYS = ["env.val_groups=0",
               "env.invalid_penalty=0.0", "env.history_length=1", "data.batch_size=4", "rollout.n=4",
               "rollout.max_new_tokens=6", "rollout.max_model_len=1024", "data.max_prompt_tokens=512",
               "actor.lr=1e-3", "actor.entropy_coef=0.0", "actor.kl_coef=0.0", "actor.micro_batch_size=16",
@@ -153,16 +161,18 @@ AGENT_KEYS = ["env.name=tests.learning_tasks:SevenCorridor", "env.max_steps=6", 
               "trainer.progress=false", "trainer.save_every=0"]
 
 
-def agent_run(out: Path, algo: str, seed: int, steps: int) -> None:
+def agent_run(out: Path, env: str, algo: str, seed: int, steps: int) -> None:
     """One suite-(c) run, in this process (a child of `run_agent`)."""
     from orchestrator.config import load_config
     from orchestrator.trainer import Trainer
-    run = out / "runs" / f"agent_{algo}_s{seed}"
+    name, kwargs, turns = AGENT_ENVS[env]
+    run = out / "runs" / f"agent_{env}_{algo}_s{seed}"
     cfg = load_config(str(REPO / "configs" / AGENT[algo]), [
         f"model.path={out / 'digit_model'}", f"trainer.output_dir={run}", "trainer.overwrite=true",
         f"trainer.seed={seed}", f"env.seed={1000 * seed}", f"trainer.total_steps={steps}",
-        f"trainer.experiment_name=agent_{algo}_s{seed}", *AGENT_KEYS])
-    cfg.env.kwargs = {"length": 4}  # replaces the recipe's ALFWorld kwargs
+        f"trainer.experiment_name=agent_{env}_{algo}_s{seed}", f"env.name={name}", f"env.max_steps={turns}",
+        *AGENT_KEYS])
+    cfg.env.kwargs = dict(kwargs)  # replaces the recipe's ALFWorld kwargs
     trainer = Trainer(cfg)
     try:
         trainer.fit()
@@ -170,30 +180,31 @@ def agent_run(out: Path, algo: str, seed: int, steps: int) -> None:
         trainer.shutdown()
 
 
-def run_seeds(out: Path, suite: str, algos: list[str], steps: int, seeds: int, step_key: str) -> None:
+def run_seeds(out: Path, suite: str, algos: list[str], steps: int, seeds: int, step_key: str,
+              env: str | None = None) -> None:
     """Each (seed, algo) run of a seeded suite in a child (`<suite>-run`), skipping finished ones
     (at least `steps` metrics rows carrying step_key)."""
     for seed in range(seeds):
         for algo in algos:
-            name = f"{suite}_{algo}_s{seed}"
+            name = f"{suite}_{env}_{algo}_s{seed}" if env else f"{suite}_{algo}_s{seed}"
             if sum(1 for r in rows_of(out / "runs" / name) if step_key in r) >= steps:
                 print(f"[learning] {name}: done already", flush=True)
                 continue
             _call([sys.executable, str(Path(__file__).resolve()), f"{suite}-run", "--algo", algo, "--seed", str(seed),
-                   "--steps", str(steps), "--out", str(out)], out / f"{name}.log")
+                   "--steps", str(steps), "--out", str(out), *(["--env", env] if env else [])], out / f"{name}.log")
 
 
-def run_agent(out: Path, steps: int, seeds: int) -> None:
+def run_agent(out: Path, env: str, steps: int, seeds: int) -> None:
     model = out / "digit_model"
     if not (model / "config.json").exists():
         sys.path.insert(0, str(REPO))
         from tests.learning_tasks import digit_model
         digit_model(model)
-    run_seeds(out, "agent", list(AGENT), steps, seeds, "env/success_rate")
+    run_seeds(out, "agent", list(AGENT), steps, seeds, "env/success_rate", env)
 
 
-def report_agent(out: Path) -> dict:
-    """learning_agent.md / .png: success per step and per env step, mean +- std over seeds."""
+def report_agent(out: Path, env: str) -> dict:
+    """learning_agent_<env>.md / .png: success per step and per env step, mean +- std over seeds."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -202,7 +213,7 @@ def report_agent(out: Path) -> dict:
     curves = {}
     for algo in AGENT:
         runs = [[r for r in rows_of(run) if "env/success_rate" in r]
-                for run in sorted((out / "runs").glob(f"agent_{algo}_s*"))]
+                for run in sorted((out / "runs").glob(f"agent_{env}_{algo}_s*"))]
         runs = [r for r in runs if r]
         if runs:
             n = min(len(r) for r in runs)
@@ -227,16 +238,17 @@ def report_agent(out: Path) -> dict:
         for k, (e, s_) in enumerate(zip(env_steps, succ)):
             ax2.plot(e, s_, color="tab:blue" if algo == "gigpo" else "tab:orange", alpha=0.6,
                      label=algo if k == 0 else None)
-    ax1.set(xlabel="step", ylabel="train success rate", title="(c) SevenCorridor(4): success per step")
+    title = {"corridor": "SevenCorridor(4)", "code": "CodeCorridor(408)"}[env]
+    ax1.set(xlabel="step", ylabel="train success rate", title=f"(c) {title}: success per step")
     ax2.set(xlabel="env steps (cumulative)", ylabel="train success rate", title="per env step, each seed")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "learning_agent.png")
-    (out / "learning_agent.md").write_text("\n".join(lines) + "\n")
+    fig.savefig(out / f"learning_agent_{env}.png")
+    (out / f"learning_agent_{env}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    return {f"agent_{a}_{k}": round(v, 4) for a, r in result.items() for k, v in r.items()}
+    return {f"agent_{env}_{a}_{k}": round(v, 4) for a, r in result.items() for k, v in r.items()}
 
 
 FOR_KEYS = ["trainer.progress=false", "trainer.val_every=5", "trainer.save_every=0", "actor.lora_rank=0",
@@ -419,7 +431,8 @@ def report(out: Path) -> dict:
     print("\n".join(lines))
     summary = {f"math_{k}_delta": round(v["delta"], 4) for k, v in result.items()}
     summary.update(report_rm(out))
-    summary.update(report_agent(out))
+    for env in AGENT_ENVS:
+        summary.update(report_agent(out, env))
     summary.update(report_for(out))
     print(json.dumps(summary))
     return summary
@@ -431,6 +444,7 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=3, help="suite (c)'s seeds per estimator")
     ap.add_argument("--algo", choices=sorted({*AGENT, *FOR}), help="agent-run / for-run: what trains (internal)")
     ap.add_argument("--seed", type=int, default=0, help="agent-run: the seed (internal)")
+    ap.add_argument("--env", choices=sorted(AGENT_ENVS), default="code", help="suite (c)'s env")
     ap.add_argument("--pairs", choices=["format", "math"], default="format", help="suite (b)'s preference pairs")
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--val-every", type=int, default=10)
@@ -439,13 +453,13 @@ def main() -> int:
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     if a.suite == "agent-run":
-        agent_run(a.out, a.algo, a.seed, a.steps)
+        agent_run(a.out, a.env, a.algo, a.seed, a.steps)
         return 0
     if a.suite == "for-run":
         for_run(a.out, a.algo, a.seed, a.steps)
         return 0
     if a.suite == "agent":
-        run_agent(a.out, a.steps, a.seeds)
+        run_agent(a.out, a.env, a.steps, a.seeds)
     if a.suite == "for":
         run_for(a.out, a.steps, a.seeds)
     if a.suite == "math":

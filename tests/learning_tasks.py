@@ -8,6 +8,9 @@ preference the warm-up did not put there:
 - `SevenCorridor` (env): a corridor of `length` cells; an action that contains a 7 moves one cell
   forward; reaching the end within the episode is a win (reward 1). A group replays the same
   corridor, so cells repeat across trajectories and steps: GiGPO's anchor states.
+- `CodeCorridor` (env, bench/learning.py's agent suite): each cell has its own digit; an action moves
+  forward when it holds that cell's digit and no other cell's. The right action depends on the
+  state (no single answer walks the corridor), which is what GiGPO's step-level credit is for.
 """
 from __future__ import annotations
 
@@ -139,3 +142,22 @@ class SevenCorridor(TextEnv):
     def _info(self, won: bool) -> dict:
         return {"won": won, "admissible_actions": [], "anchor": self._obs(), "task_type": "corridor",
                 "task": "walk to the end of the corridor"}
+
+
+class CodeCorridor(SevenCorridor):
+    """Cell i's digit is `code[i]`; an action moves one cell forward when it contains code[i] and no
+    other digit of `code` (else it stays). Win (reward 1) at the end. With the digit model's four
+    uniform digits and a 3-digit code a turn moves with p = 0.8^4 - 0.7^4 = 0.17."""
+
+    def __init__(self, code: str = "395"):
+        if not code.isdigit() or len(set(code)) != len(code):
+            raise ValueError(f"CodeCorridor: code must be distinct digits, got {code!r}")
+        super().__init__(len(code))
+        self.code = code
+
+    def step(self, action_text):
+        need = self.code[min(self.pos, self.length - 1)]
+        if self.pos < self.length and need in action_text and not any(d in action_text for d in self.code if d != need):
+            self.pos += 1
+        won = self.pos >= self.length
+        return self._obs(), (1.0 if won else 0.0), won, self._info(won)
