@@ -11,6 +11,7 @@ for GRPO / GiGPO (`uid` = group, `traj_ids`, `step_ids`, `anchors`, `step_reward
 """
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 
 import numpy as np
@@ -22,6 +23,8 @@ from orchestrator.data import PromptDataset, encode_prompt, load_rows
 from orchestrator.data_files import load_prompt_rows
 from workers.reward import RewardFn
 from workers.rollout import pack_sequences
+
+TURN_SEEDS = 100_000  # a step's turns get sampling seeds step * TURN_SEEDS + turn
 
 
 class PromptTask:
@@ -147,9 +150,14 @@ class AgentTask:
         self.val_rows: list[dict] = []
 
     def _play(self, envs, generate, seeds, greedy: bool, step: int):
+        turn = itertools.count()
+
         def gen(prompt_ids: list[list[int]]):
             b = Batch(non_tensors={"prompt_ids": prompt_ids})
-            b.meta.update(self.sampling_meta(prompt_ids, seed=step, greedy=greedy))
+            # One seed per turn: with the step's seed on every turn, an env's row would draw the same
+            # random numbers at each turn (one repeated action where the model barely conditions on
+            # the observation). Still a function of (step, turn): a resumed run samples the same.
+            b.meta.update(self.sampling_meta(prompt_ids, seed=step * TURN_SEEDS + next(turn), greedy=greedy))
             out = generate(b)
             mask = out["response_mask"].bool()
             return [(r[m].tolist(), lp[m].tolist(), f) for r, lp, m, f in
