@@ -163,6 +163,7 @@ RAY_PARTS = (("gcs_server", "ray: gcs"), ("raylet", "ray: raylet"), ("dashboard"
 
 
 STARTING = "ray workers (starting)"
+RECHECK = (STARTING, "trainer ranks")
 
 
 def role_of(p, root_pid: int) -> str:
@@ -197,7 +198,7 @@ def tree_rss(pid: int, roles: dict) -> dict[int, int]:
     for p in procs:
         try:
             out[p.pid] = p.memory_info().rss
-            if roles.get(p.pid, STARTING) == STARTING:
+            if roles.get(p.pid, STARTING) in RECHECK:  # a worker may load vLLM after it is titled
                 roles[p.pid] = role_of(p, pid)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
