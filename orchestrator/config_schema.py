@@ -273,6 +273,10 @@ class WeightSyncConfig:
     probe_tokens: int = _f(32, "tokens in the verification probe")
     lora_mode: Literal["merge", "adapter"] = _f(
         "merge", "LoRA runs: sync merged full weights, or only the adapter (the engine serves it as a LoRA)")
+    transport: Literal["auto", "shm", "object_store"] = _f(
+        "auto", "shm: the trainer ranks write their shards into one shared-memory buffer the engines load from "
+                "(one node, full or merged weights); object_store: gather, then Ray's object store; auto: shm "
+                "when it applies")
 
     def validate(self) -> None:
         _check(self.bucket_mb > 0, "weight_sync.bucket_mb", f"must be > 0, got {self.bucket_mb}")
@@ -539,6 +543,9 @@ class Config:
         _check(self.rollout.num_replicas <= self.actor.world_size, "rollout.num_replicas",
                f"{self.rollout.num_replicas} replicas need as many trainer bundles; actor.world_size is "
                f"{self.actor.world_size}")
+        if self.weight_sync.transport == "shm" and self.weight_sync.lora_mode == "adapter" and self.actor.lora_rank > 0:
+            _check(False, "weight_sync.transport", "shm carries full (or merged) weights; with "
+                   "weight_sync.lora_mode=adapter use object_store (or auto)")
         if self.weight_sync.lora_mode == "adapter" and self.actor.lora_rank > 0:
             _check(self.actor.lora_rank <= 512, "actor.lora_rank",
                    f"{self.actor.lora_rank} exceeds vLLM's maximum LoRA rank 512 (weight_sync.lora_mode=adapter)")

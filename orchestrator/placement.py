@@ -35,7 +35,7 @@ from workers.critic import CriticWorker
 from workers.reward_model import RewardModelWorker
 from workers.quiet import ENGINE_ENV
 from workers.rollout import RolloutWorker
-from workers.weight_sync import BucketedWeightSync, WeightSync, make_probe
+from workers.weight_sync import BucketedWeightSync, SharedMemoryWeightSync, WeightSync, make_probe
 
 # Logical shares of one hybrid bundle (Ray CPUs/GPUs; phases alternate, so they are not contended).
 SHARE_TRAINER, SHARE_ROLLOUT, SHARE_HELPERS = 0.5, 0.4, 0.1
@@ -87,6 +87,10 @@ class Workers:
     extra_pools: list = None             # pools of their own (a separate reward model)
 
     def shutdown(self) -> None:
+        try:
+            self.weight_sync.shutdown()  # removes a shared-memory buffer while its workers still live
+        except Exception:  # noqa: BLE001 - best effort at teardown
+            pass
         for g in self.groups:
             try:
                 g.shutdown()
@@ -150,8 +154,7 @@ def build_workers(cfg: Config, model_path: str, tokenizer, with_critic: bool = F
     prompt_ids = tokenizer(PROBE_TEXT.split("Answer:")[0] + "Answer:")["input_ids"]
     full = tokenizer(PROBE_TEXT)["input_ids"][:len(prompt_ids) + cfg.weight_sync.probe_tokens]
     probe = make_probe(prompt_ids, full[len(prompt_ids):], tokenizer.pad_token_id or 0)
-    sync = BucketedWeightSync(actor, rollout, int(cfg.weight_sync.bucket_mb * 2**20), probe,
-                              verify=cfg.weight_sync.verify, tolerance=cfg.weight_sync.tolerance, mode=sync_mode)
+    sync = make_weight_sync(cfg, actor, rollout, probe, sync_mode, one_node=nodes == 1)
     # Engine and trainer start from the same checkpoint: prove it before step 1 (absolute probe
     # check); an engine in another dtype than the trainer only records its probe baseline.
     sync.check() if cfg.rollout.dtype == cfg.model.dtype else sync.baseline()
@@ -164,6 +167,24 @@ def build_workers(cfg: Config, model_path: str, tokenizer, with_critic: bool = F
     return Workers(pool, actor, ref, critic, rollout, sync, [rollout, trainers] + ([rm_group] if rm_group else []),
                    pool.helper_slots(a.cpus_per_worker * SHARE_HELPERS), shares, reward_model,
                    [rm_pool] if rm_pool else [])
+
+
+def make_weight_sync(cfg: Config, actor, rollout, probe, mode: str, one_node: bool) -> WeightSync:
+    """weight_sync.transport: shared memory when every trainer rank and engine is on one node and
+    the payload is full weights (auto falls back to the object store otherwise), else Ray's object store."""
+    w = cfg.weight_sync
+    kw = dict(verify=w.verify, tolerance=w.tolerance, mode=mode)
+    if w.transport == "shm" and not one_node:
+        raise ValueError("weight_sync.transport=shm needs the trainer ranks and the engines on one node; Ray placed "
+                         "them on several (use auto or object_store)")
+    if w.transport == "shm" or (w.transport == "auto" and one_node and mode != "adapter"):
+        try:
+            return SharedMemoryWeightSync(actor, rollout, probe, **kw)
+        except OSError as e:  # no room in /dev/shm
+            if w.transport == "shm":
+                raise
+            log.warning("weight sync: shared memory unavailable (%s); using the object store", e)
+    return BucketedWeightSync(actor, rollout, int(w.bucket_mb * 2**20), probe, **kw)
 
 
 def rollout_group(cfg: Config, pool: ResourcePool, model_path: str, tokenizer) -> WorkerGroup:

@@ -239,7 +239,7 @@ def sync_setup(ray_cluster, tiny_model_dir):
     from orchestrator.resources import ResourcePool
     from orchestrator.worker_group import WorkerGroup
     from workers.rollout import RolloutWorker
-    from workers.weight_sync import BucketedWeightSync, make_probe
+    from workers.weight_sync import BucketedWeightSync, SharedMemoryWeightSync, make_probe
 
     cfg = load_config(None, ["actor.backend=deepspeed", "actor.zero_stage=3", f"actor.lora_rank={RANK}",
                              f"actor.lora_alpha={ALPHA}", "actor.lr=0.02", "actor.micro_batch_size=2"])
@@ -252,7 +252,7 @@ def sync_setup(ray_cluster, tiny_model_dir):
     lora = dict(rank=RANK, alpha=ALPHA, dropout=0.0, target_modules=list(cfg.actor.lora_target_modules))
     vkw = dict(max_model_len=256, kv_cache_gb=0.0625)
     engines = {"merge": ("vllm", vkw), "adapter-vllm": ("vllm", {**vkw, "lora": lora}),
-               "adapter-hf": ("hf", {"lora": lora})}
+               "adapter-hf": ("hf", {"lora": lora}), "merge-shm": ("vllm", vkw)}
     rollouts = {k: WorkerGroup(pool, RolloutWorker, dict(model_path=tiny_model_dir, engine=e, engine_kwargs=kw,
                                                          pad_token_id=tok.pad_token_id or 0),
                                name=f"ro-{k}", num_cpus_per_worker=0.1, bundle_indices=[i % 2])
@@ -265,8 +265,11 @@ def sync_setup(ray_cluster, tiny_model_dir):
     prompt = tok("Question: what is 12 + 7?\nAnswer:")["input_ids"]
     probe = make_probe(prompt, tok(" The answer is 19. #### 19")["input_ids"], tok.pad_token_id or 0)
     syncs = {k: BucketedWeightSync(actor, g, 1 << 20, probe, tolerance=1e-4, mode=k.split("-")[0])
-             for k, g in rollouts.items()}
+             for k, g in rollouts.items() if k != "merge-shm"}
+    # ZeRO-3 through the shared-memory transport: gathered, each rank writing its share of the rows.
+    syncs["merge-shm"] = SharedMemoryWeightSync(actor, rollouts["merge-shm"], probe, tolerance=1e-4, mode="merge")
     yield dict(actor=actor, rollouts=rollouts, syncs=syncs, tok=tok, cfg=cfg)
+    syncs["merge-shm"].shutdown()
     for g in [*rollouts.values(), trainers]:
         g.shutdown()
     pool.shutdown()
@@ -308,6 +311,8 @@ def test_lora_sync_modes_give_rollout_logprobs_equal_to_the_trainer(sync_setup):
             if key == "merge":
                 full_bytes = report.bytes
                 assert full_bytes > 10_000_000  # every weight, LoRA merged (embeddings alone are 12.6 MB)
+            elif key == "merge-shm":
+                assert report.bytes == full_bytes and report.buckets == 1
             else:
                 assert report.bytes == TRAINABLE * 4 and report.buckets == 1  # fp32 adapter only
             batch = _rollout(s["rollouts"][key], s["tok"], seed=10 + round_)

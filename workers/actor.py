@@ -119,6 +119,19 @@ class ActorWorker(Worker):
         return push_buckets(self.backend.iter_param_buckets(bucket_bytes), self.rank, rollout_actors)
 
     @register(dispatch=Dispatch.ONE_TO_ALL)
+    def write_shared(self, layout) -> dict:
+        """Collective: copy this rank's rows of the weights into the node's shared buffer
+        (workers/shared_weights.py); returns what was written and how long it took."""
+        import time
+
+        from workers.shared_weights import tensor_views
+        t0 = time.time()
+        if getattr(self, "_shared", (None,))[0] != layout.path:  # map once per buffer
+            self._shared = (layout.path, tensor_views(layout))
+        written = self.backend.write_shared(self._shared[1], layout.aliases)
+        return {"written": written, "seconds": time.time() - t0}
+
+    @register(dispatch=Dispatch.ONE_TO_ALL)
     def save(self, path: str, with_optimizer: bool = True) -> None:
         self.backend.save(path, with_optimizer=with_optimizer)
 

@@ -13,12 +13,13 @@ import time
 import torch
 
 from orchestrator.batch import Batch
-from orchestrator.worker_group import Dispatch, register
+from orchestrator.worker_group import Dispatch, Execute, register
 from workers.base import Worker
 from workers.dist import bind_gloo
 from workers.engines import make_engine
 from workers.backends.lora import is_lora_name
 from workers.engines.base import SamplingSpec, UpdateLedger, weight_report
+from workers.shared_weights import create_buffer, remove_buffer, tensor_views
 
 
 class RolloutWorker(Worker):
@@ -78,6 +79,30 @@ class RolloutWorker(Worker):
         if self._ledger is not None:
             self._ledger.add(named_tensors, skip=is_lora_name)
         return len(named_tensors)
+
+    # Same-node sync (workers/shared_weights.py): the trainer ranks write one shared buffer, every
+    # replica loads from views of it, in one call (checks and fingerprints as for load_weights).
+    @register(dispatch=Dispatch.ONE_TO_ALL)
+    def shared_spec(self) -> tuple[dict, dict, torch.dtype]:
+        """(HF name -> shape, alias -> target, dtype) of the engine's weights, to lay a buffer out."""
+        names, aliases = self.engine.weight_names()
+        return self.engine.weight_shapes(sorted(names)), aliases, self.engine.weight_dtype
+
+    @register(dispatch=Dispatch.ONE_TO_ALL, execute=Execute.RANK_ZERO)
+    def create_shared(self, layout) -> None:
+        create_buffer(layout)
+
+    @register(dispatch=Dispatch.ONE_TO_ALL, execute=Execute.RANK_ZERO)
+    def remove_shared(self, layout) -> None:
+        remove_buffer(layout)
+
+    @register(dispatch=Dispatch.ONE_TO_ALL)
+    def load_shared(self, layout) -> float:
+        t0 = time.time()
+        if getattr(self, "_shared", (None,))[0] != layout.path:  # map once per buffer
+            self._shared = (layout.path, tensor_views(layout))
+        self.load_weights(dict(self._shared[1]))
+        return time.time() - t0
 
     @register(dispatch=Dispatch.ONE_TO_ALL)
     def finish_weight_update(self) -> None:

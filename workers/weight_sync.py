@@ -236,13 +236,12 @@ class BucketedWeightSync(WeightSync):
     def _sync(self) -> SyncReport:
         t0 = time.time()
         self.rollout.begin_weight_update(self.verify)
-        push = self.actor.submit("push_weights", self.rollout.actors, self.bucket_bytes)
-        stats = push.get(timeout_s=push.timeout_s + PUSH_GRACE_S)
+        stats = self._push()
         self.rollout.finish_weight_update()
         transfer_s = time.time() - t0
-        report = SyncReport(seconds=0.0, transfer_seconds=transfer_s, bytes=stats[0]["bytes"],
-                            buckets=stats[0]["buckets"], verified=self.verify, max_abs_diff=float("nan"),
-                            gather_seconds=stats[0]["gather_s"], send_seconds=stats[0]["send_s"], mode=self.mode)
+        report = SyncReport(seconds=0.0, transfer_seconds=transfer_s, bytes=stats["bytes"],
+                            buckets=stats["buckets"], verified=self.verify, max_abs_diff=float("nan"),
+                            gather_seconds=stats["gather_s"], send_seconds=stats["send_s"], mode=self.mode)
         if self.verify:
             t1 = time.time()
             reports = self.rollout.weight_report(self.mode != "adapter")
@@ -253,6 +252,11 @@ class BucketedWeightSync(WeightSync):
             report.transfer_seconds = max(0.0, transfer_s - ledger_s)
         report.seconds = time.time() - t0
         return report
+
+    def _push(self) -> dict:
+        """Trainer -> every replica, inside an open update: bytes, buckets, gather_s, send_s."""
+        push = self.actor.submit("push_weights", self.rollout.actors, self.bucket_bytes)
+        return push.get(timeout_s=push.timeout_s + PUSH_GRACE_S)[0]
 
     # ---- probes -----------------------------------------------------------------------------
     def _score(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -325,3 +329,40 @@ class BucketedWeightSync(WeightSync):
             worst = max(worst, diff)
         self._last = (trainer, engines)
         return absolute, worst, moved
+
+
+class SharedMemoryWeightSync(BucketedWeightSync):
+    """The same sync and verification, through one shared-memory buffer on the node instead of
+    the object store (workers/shared_weights.py): every trainer rank copies the rows it holds
+    straight into the buffer (no gather), the driver checks that the ranks' writes tile every
+    tensor exactly once, then every replica loads from views of the buffer. Needs all trainer
+    ranks and replicas on one node and the "full" or "merge" payload. `gather_seconds` is then the
+    slowest rank's write, `send_seconds` the slowest replica's load (repacking is in the finish)."""
+
+    def __init__(self, actor_group, rollout_group, probe: Batch, verify: bool = True, tolerance: float = 1e-3,
+                 mode: str = "full", n_probes: int = 4):
+        if mode == "adapter":
+            raise ValueError("weight_sync.transport=shm carries full (or merged) weights; an adapter-only sync "
+                             "(weight_sync.lora_mode=adapter) goes through the object store")
+        super().__init__(actor_group, rollout_group, 1, probe, verify, tolerance, mode, n_probes)
+        from workers.shared_weights import plan_layout
+        with _sync_phase():
+            shapes, aliases, dtype = self.rollout.shared_spec()[0]
+            self.layout = plan_layout(shapes, aliases, dtype)
+            self.rollout.create_shared(self.layout)  # OSError naming the path when /dev/shm lacks room
+
+    def _push(self) -> dict:
+        from workers.shared_weights import check_tiling
+        t0 = time.time()
+        out = self.actor.write_shared(self.layout)
+        nbytes = check_tiling(self.layout, [o["written"] for o in out])
+        t1 = time.time()
+        self.rollout.load_shared(self.layout)
+        return {"bytes": nbytes, "buckets": 1, "gather_s": t1 - t0, "send_s": time.time() - t1}
+
+    def shutdown(self) -> None:
+        try:
+            self.rollout.remove_shared(self.layout)
+        except Exception:  # noqa: BLE001 - the rollout workers may be gone; the file is on their node
+            from workers.shared_weights import remove_buffer
+            remove_buffer(self.layout)

@@ -53,6 +53,14 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 EXPORT_BUCKET_BYTES = 256 * 2**20  # save_hf gathers the full weights in pieces of this size
 
 
+def _row_share(name: str, t: torch.Tensor, rank: int, world_size: int) -> tuple[str, torch.Tensor, int | None]:
+    """A tensor every rank holds whole: this rank's `torch.chunk` share of its rows (None: none)."""
+    if t.dim() == 0:
+        return name, t, 0 if rank == 0 else None
+    step = -(-t.shape[0] // world_size)
+    return name, t[rank * step:(rank + 1) * step], (rank * step if rank * step < t.shape[0] else None)
+
+
 class DataParallelBackend(TrainingBackend):
     """What the FSDP2 and DeepSpeed backends share. A subclass sets `self.model` (the HF module,
     LoRA-injected when enabled), implements `_forward_module` (what to call for a forward) and
@@ -234,6 +242,48 @@ class DataParallelBackend(TrainingBackend):
             raise ValueError(f"payload must be 'full' or 'adapter', got {payload!r}")
         yield from bucketize(named, bucket_bytes)
 
+    def _local_named(self) -> Iterator[tuple[str, torch.Tensor, int | None]]:
+        """(model name, the rows this rank writes, first row or None) for a shared-memory sync, every
+        rank in the same order; `lora_A` whole on every rank (the merge needs it). Default: from the
+        gathered tensors (collective), each rank taking its `torch.chunk` share of the rows."""
+        for name, t in self._gather_named(EXPORT_BUCKET_BYTES, lora_only=False):
+            yield (name, t, 0) if ".lora_A." in name else _row_share(name, t, self.rank, self.world_size)
+
+    def write_shared(self, views: dict[str, torch.Tensor], aliases: dict[str, str]) -> list[tuple[str, int, int]]:
+        """Collective (workers/shared_weights.py): copy the rows of the full-weight payload (LoRA
+        merged) this rank holds into `views` (HF name -> tensor of a mapped shared buffer, in the
+        engine's dtype). Returns what was written: (HF name, first element, element count)."""
+        self._require_model()
+        if self.sync_payload != "full":
+            raise ValueError(f"a shared-memory sync carries full weights, not the {self.sync_payload!r} payload "
+                             f"(weight_sync.lora_mode=adapter goes through the object store)")
+        first: dict[str, int | None] = {}
+
+        def named():
+            for name, t, row0 in self._local_named():
+                first[name] = row0
+                yield name, t
+
+        stream = merge_lora(named(), self.lora.scaling) if self.lora is not None else named()
+        written = []
+        for name, t in stream:
+            prefix, _, leaf = name.rpartition(".")
+            row0 = first[name] if name in first else first[f"{prefix}.base_layer.{leaf}"]  # a merged LoRA layer
+            if row0 is None or t.numel() == 0:
+                continue
+            dst = views.get(aliases.get(name, name))
+            if dst is None:
+                raise KeyError(f"the engine has no tensor named {name!r} (shared-memory weight sync)")
+            fits = (dst.numel() == t.numel() if t.dim() == 0 or dst.dim() == 0 else
+                    tuple(t.shape[1:]) == tuple(dst.shape[1:]) and row0 + t.shape[0] <= dst.shape[0])
+            if not fits:
+                raise ValueError(f"tensor {name!r}: {tuple(t.shape)} from row {row0} does not fit the engine's "
+                                 f"{tuple(dst.shape)} (shared-memory weight sync)")
+            start = row0 * (dst.numel() // dst.shape[0]) if dst.dim() else 0
+            dst.view(-1)[start:start + t.numel()].copy_(t.detach().reshape(-1))
+            written.append((name, start, t.numel()))
+        return written
+
     def _collect(self, payload: str) -> dict[str, torch.Tensor]:
         """All tensors of `payload` on rank 0 ({} elsewhere). Collective."""
         out: dict[str, torch.Tensor] = {}
@@ -343,6 +393,28 @@ class FSDPBackend(DataParallelBackend):
 
 
     # ------------------------------------------------------------ weight sync
+    def _local_named(self) -> Iterator[tuple[str, torch.Tensor, int | None]]:
+        """Shard(0) DTensors (FSDP2's layout): this rank's rows as they are, no collective; only
+        `lora_A` and any other layout are all-gathered."""
+        from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+        model = self._require_model()
+        seen: set[int] = set()
+        for name, t in model.state_dict(keep_vars=True).items():
+            if id(t) in seen:
+                continue
+            seen.add(id(t))
+            name = strip_prefixes(name)
+            if not isinstance(t, DTensor):
+                yield _row_share(name, t.detach(), self.rank, self.world_size)
+            elif ".lora_A." in name:
+                yield name, t.full_tensor().detach(), 0
+            elif len(t.placements) == 1 and t.placements[0].is_shard(0):
+                _, offset = compute_local_shape_and_global_offset(t.shape, t.device_mesh, t.placements)
+                yield name, t.to_local().detach(), offset[0]
+            else:
+                yield _row_share(name, t.full_tensor().detach(), self.rank, self.world_size)
+
     def _gather_named(self, bucket_bytes: int, lora_only: bool) -> Iterator[tuple[str, torch.Tensor]]:
         """Each DTensor all-gathered on its own, when the consumer asks for it (collective)."""
         model = self._require_model()

@@ -90,6 +90,10 @@ class RolloutEngine(ABC):
         same engine tensor, e.g. a tied lm_head.weight, which an update may also send)."""
         raise NotImplementedError(f"{type(self).__name__} cannot list its weights")
 
+    def weight_shapes(self, names: list[str]) -> dict[str, tuple[int, ...]]:
+        """HF name -> shape of the tensor an update brings for it (KeyError for an unknown name)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot list its weights' shapes")
+
     def held_fingerprints(self, names: list[str]) -> dict[str, list[tuple[str, torch.Tensor, str]]]:
         """HF name -> [(where, fingerprint, "raw" | "kernel"), ...] of what the engine holds for it
         (several entries when the engine uses one source tensor in several places, e.g. a tied

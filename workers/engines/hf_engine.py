@@ -169,6 +169,9 @@ class HFEngine(RolloutEngine):
     def weight_names(self) -> tuple[set[str], dict[str, str]]:
         return set(self._expected), dict(self._aliases)
 
+    def weight_shapes(self, names: list[str]) -> dict[str, tuple[int, ...]]:
+        return {n: tuple(self._tensors[n].shape) for n in names}
+
     def held_fingerprints(self, names: list[str]) -> dict[str, list[tuple[str, torch.Tensor, str]]]:
         out = {}
         for name in names:

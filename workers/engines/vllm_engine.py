@@ -239,6 +239,9 @@ class VLLMEngine(RolloutEngine):
         aliases = {"lm_head.weight": self._tied_to} if self._tied_to else {}
         return {n for n in self._shapes if n not in aliases}, aliases
 
+    def weight_shapes(self, names: list[str]) -> dict[str, tuple[int, ...]]:
+        return {n: tuple(self._shapes[n]) for n in names}
+
     def held_fingerprints(self, names: list[str]) -> dict[str, list[tuple[str, torch.Tensor, str]]]:
         for n in names:
             if n not in self._shapes:
