@@ -130,9 +130,12 @@ def build_workers(cfg: Config, model_path: str, tokenizer, with_critic: bool = F
     rm_spec = reward_model_role(cfg, tokenizer) if rm.path else None
     if rm_spec and rm.placement == "colocate":  # scoring runs between generation and training
         roles["rm"] = rm_spec
+    # A rank computes with as many threads as whole CPUs its bundle holds (1 rank x 2 threads measured
+    # faster and ~3.5 GB smaller than 2 ranks x 1 thread on 2 cores, BENCHMARKS.md).
     trainers = WorkerGroup(pool, roles, name="trainer", num_cpus_per_worker=a.cpus_per_worker * SHARE_TRAINER,
                            num_gpus_per_worker=gpus * SHARE_TRAINER, call_timeout_s=r.call_timeout_s,
-                           deadlines=timeouts, phases=TRAINER_PHASES)
+                           deadlines=timeouts, phases=TRAINER_PHASES,
+                           env={"OMP_NUM_THREADS": str(max(1, int(a.cpus_per_worker)))})
     ro = cfg.rollout
     sync_mode = "full" if a.lora_rank == 0 else cfg.weight_sync.lora_mode
     rollout = rollout_group(cfg, pool, model_path, tokenizer)
