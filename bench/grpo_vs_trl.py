@@ -183,7 +183,7 @@ def role_of(p, root_pid: int) -> str:
                 return "rollout engine (vLLM)" if "vllm" in f.read() else "trainer ranks"
         except OSError:
             return "ray workers"
-    return cmd.split()[0].rsplit("/", 1)[-1] if cmd else "other"
+    return cmd.split()[0].rsplit("/", 1)[-1] if cmd else STARTING  # no command line yet: ask again
 
 
 def tree_rss(pid: int, roles: dict) -> dict[int, int]:

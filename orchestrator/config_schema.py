@@ -318,6 +318,9 @@ class ForConfig:
     slack: int = _f(0, "blocksworld: stop after optimal length + slack actions; prontoqa: after hops + slack")
     game24_source: Literal["tot", "generated"] = _f("tot", "game24: the ToT 24.csv splits (train/val, easiest first) or generated puzzles")
     hops: list[int] = _f([3], "prontoqa: proof lengths of the generated examples")
+    share_prefix: bool = _f(True, "score each state's candidate actions with the state prompt encoded once (one "
+                                  "prefix-packed row per distinct state, workers/prefix_pack.py); false: one row per "
+                                  "(state, candidate)")
     ll_weight: float = _f(0.0, "FoR's augmented reward: R + ll_weight * base-model likelihood bonus (FoR BlocksWorld 1.5; 0 = off)")
     subtb_lambda: float = _f(0.9, "lambda of subtb / fl_subtb")
     flow_lr: float = _f(1e-3, "Adam learning rate of the flow head (db, subtb, fl_db, fl_subtb)")

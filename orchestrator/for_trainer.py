@@ -130,7 +130,7 @@ class ForTrainer:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= a.world_size else 0.0
         self.pool = ResourcePool(a.world_size, cpus_per_bundle=a.cpus_per_worker, gpus_per_bundle=gpus, name="for")
         actor_cfg = {**asdict(a), "dtype": cfg.model.dtype, "lora_sync": "merge",
-                     "flow_head": f.objective in FLOW_OBJECTIVES, "flow_lr": f.flow_lr}
+                     "flow_head": f.objective in FLOW_OBJECTIVES, "flow_lr": f.flow_lr, "share_prefix": f.share_prefix}
         self.group = WorkerGroup(self.pool, {"actor": (GFlowNetActorWorker, dict(
             model_path=self.model_path, actor_cfg=actor_cfg, trainable=True, seed=cfg.trainer.seed))},
             name="for-trainer", num_cpus_per_worker=a.cpus_per_worker, num_gpus_per_worker=gpus,
@@ -155,9 +155,7 @@ class ForTrainer:
     def score(self, pairs: list[tuple[str, str]], base: bool = False) -> torch.Tensor:
         """Sequence log-probs [len(pairs)] of each action after its prompt, under the actor (or,
         with base, under the base model: the actor with LoRA off)."""
-        batch = self._rows(pairs)
-        lp = (self.actor.base_logprobs if base else self.actor.compute_logprobs)(batch)["logprobs"]
-        return (lp * batch["response_mask"]).sum(-1).double()
+        return self.actor.sequence_logprobs(self._rows(pairs), base)["seq"].double()
 
     def sample(self, pids: list[int], n: int, problems: list, epsilon: float, temp: float,
                temp_prob: float, base_temp: float = 1.0) -> dict[int, list[tuple]]:

@@ -12,7 +12,8 @@ import torch
 from orchestrator.worker_group import Dispatch, register
 from workers.actor import ActorWorker
 from workers.backends.fsdp import _row_share
-from workers.shared_weights import ALIGN, check_tiling, create_buffer, plan_layout, remove_buffer, tensor_views
+from workers.shared_weights import (ALIGN, check_tiling, create_buffer, map_buffer, plan_layout, plan_regions,
+                                    remove_buffer, tensor_views, view)
 from workers.weight_sync import WeightSyncError
 
 SHAPES = {"b.weight": (3, 2), "a.bias": (5,), "emb.weight": (4, 3)}
@@ -40,6 +41,29 @@ def test_layout_is_aligned_and_two_mappings_share_the_bytes(layout):
     remove_buffer(layout)
     with pytest.raises(FileNotFoundError, match=rf"shared weight buffer {layout.path} does not exist"):
         tensor_views(layout)
+
+
+def test_regions_put_hf_tensors_as_rows_of_the_engines_fused_weight(tmp_path):
+    regions = {"attn.qkv.weight": (6, 2), "norm.weight": (3,)}
+    where = {"attn.q.weight": ("attn.qkv.weight", 0, (2, 2)), "attn.k.weight": ("attn.qkv.weight", 2, (2, 2)),
+             "attn.v.weight": ("attn.qkv.weight", 4, (2, 2)), "norm.weight": ("norm.weight", 0, (3,))}
+    lay = plan_regions(regions, where, {}, torch.float32, str(tmp_path))
+    assert lay.regions == {"attn.qkv.weight": (0, (6, 2)), "norm.weight": (ALIGN, (3,))}  # 48 bytes, aligned
+    assert {n: off for n, (off, _) in lay.entries.items()} == {
+        "attn.q.weight": 0, "attn.k.weight": 16, "attn.v.weight": 32, "norm.weight": ALIGN}
+    create_buffer(lay)
+    try:
+        views = tensor_views(lay)
+        for i, n in enumerate(("attn.q.weight", "attn.k.weight", "attn.v.weight")):
+            views[n].fill_(i + 1)
+        fused = view(map_buffer(lay), *lay.regions["attn.qkv.weight"], torch.float32)
+        assert fused[:, 0].tolist() == [1, 1, 2, 2, 3, 3]  # q, k, v stacked as the engine multiplies them
+        assert check_tiling(lay, [[(n, 0, 4) for n in where if n != "norm.weight"] + [("norm.weight", 0, 3)]]) == 60
+    finally:
+        remove_buffer(lay)
+    with pytest.raises(ValueError, match=r"HF tensor 'attn.v.weight' \(3, 2\) does not fit rows 4\.\. of "
+                                         r"attn.qkv.weight \(6, 2\)"):
+        plan_regions(regions, {**where, "attn.v.weight": ("attn.qkv.weight", 4, (3, 2))}, {}, torch.float32)
 
 
 def test_tiling_catches_missed_and_doubled_elements(layout):

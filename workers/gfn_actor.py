@@ -33,6 +33,7 @@ from orchestrator.batch import Batch
 from orchestrator.worker_group import Dispatch, register
 from workers.actor import ActorWorker
 from workers.backends.base import length_order
+from workers.prefix_pack import pack_by_prompt, segment_sums, token_weights
 
 OBJECTIVES = ("vargrad_tb", "tb", "db", "subtb", "fl_db", "fl_subtb", "grpo")
 FLOW_OBJECTIVES = ("db", "subtb", "fl_db", "fl_subtb")  # need F̃(s): the flow head
@@ -180,6 +181,18 @@ class GFlowNetActorWorker(ActorWorker):
             logprobs, _ = self.backend.forward_logprobs(batch, self.cfg["micro_batch_size"])
         return Batch({"logprobs": logprobs})
 
+    @register(dispatch=Dispatch.DP_SPLIT)
+    def sequence_logprobs(self, batch: Batch, base: bool = False) -> Batch:
+        """Sequence log-prob [rows] of each (state prompt, action) row under the actor (base: with
+        its LoRA adapters off), prefix-packed like the update unless share_prefix is off."""
+        units, seq_of, _, _ = _units(_layout_only(batch), bool(self.cfg.get("share_prefix", True)))
+        if base and not int(self.cfg.get("lora_rank", 0)):
+            raise ValueError("base scores need a LoRA actor (actor.lora_rank > 0): the base model is the "
+                             "LLM with its adapters disabled")
+        with adapters_disabled(self.backend.model) if base else _nothing():
+            lp, _ = self.backend.forward_logprobs(units, self.cfg["micro_batch_size"])
+        return Batch({"seq": seq_of(lp.double().cpu())})
+
     @register(dispatch=Dispatch.ONE_TO_ALL)
     def gfn_update(self, problems: list[Batch], objective: str, log_z: list[float] | None = None,
                    lam: float = 0.9, sign: float = 1.0) -> dict:
@@ -192,13 +205,17 @@ class GFlowNetActorWorker(ActorWorker):
         the LLM and, with the flow head, its (rank-averaged) `flow_grad_norm`. `sign=-1` reverses every
         gradient the objective gives (LLM, flow head, log Z): a check that a learning run can fail.
 
-        Two passes, so that memory is bounded by actor.micro_batch_size rows whatever the number
-        of candidates: (1) every row's sequence log-prob (and flow) without grad -> the exact
-        objective and its gradients g_row = dL/d(seq log-prob of the row), f_row = dL/d(log F̃ of
-        the row's state), through the candidate softmaxes; (2) train_step over row micro-batches on
-        the surrogate Σ_rows g_row · seq_row + f_row · flow_row, whose parameter gradient equals
-        dL/dθ (chain rule; the weights are the same in both passes, which needs a dropout-free
-        forward: the FoR trainer requires actor.lora_dropout = 0).
+        The backend runs "units": with share_prefix (default) one prefix-packed row per distinct
+        state prompt, holding each of its distinct candidates once (workers/prefix_pack.py: the
+        prompt is encoded once for all its candidates, and a state repeated across trajectories
+        once), else the rows themselves. Two passes, so that memory is bounded by
+        actor.micro_batch_size units whatever the number of candidates: (1) every row's sequence
+        log-prob (and flow) without grad -> the exact objective and its gradients g_row = dL/d(seq
+        log-prob of the row), f_row = dL/d(log F̃ of the row's state), through the candidate
+        softmaxes; (2) train_step over unit micro-batches on the surrogate Σ_rows g_row · seq_row +
+        f_row · flow_row (per token: each token of a unit weighted by the g of the rows it scores),
+        whose parameter gradient equals dL/dθ (chain rule; the weights are the same in both passes,
+        which needs a dropout-free forward: the FoR trainer requires actor.lora_dropout = 0).
         """
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown GFlowNet objective {objective!r}; choose one of {list(OBJECTIVES)}")
@@ -213,33 +230,37 @@ class GFlowNetActorWorker(ActorWorker):
         total_traj = sum(int(p.meta["gfn_n_traj"]) for p in problems)
         mine = list(range(rank, len(problems), world))
         sizes = [len(problems[i]) for i in mine]
-        rows = Batch.concat([_layout_only(problems[i]) for i in mine]) if mine else None
-        # Equal row counts on every rank (the backend's collectives need equal micro-batch counts):
-        # pad with copies of a row whose surrogate coefficients are 0.
-        n_max = int(_all_reduce_max(len(rows) if rows is not None else 0))
-        filler = _layout_only(problems[mine[0] if mine else 0]).select([0])
-        n_real = len(rows) if rows is not None else 0
-        rows = Batch.concat(([rows] if rows is not None else []) + [filler] * (n_max - n_real))
+        rows = Batch.concat([_layout_only(problems[i]) for i in mine]) if mine else _layout_only(problems[0])
+        # What the backend runs: the rows themselves, or (share_prefix) one prefix-packed row per
+        # distinct state prompt holding each of its distinct candidates once (workers/prefix_pack.py).
+        units, seq_of, weights_of, unit_of_row = _units(rows, bool(self.cfg.get("share_prefix", True)))
+        n_real = len(units) if mine else 0
+        # Equal unit counts on every rank (the backend's collectives need equal micro-batch counts):
+        # pad with copies of a unit whose surrogate weights are 0.
+        n_max = int(_all_reduce_max(n_real))
+        units = Batch.concat(([units] if n_real else []) + [units.select([0])] * (n_max - n_real))
 
         # Pass 1: the objective and its gradient w.r.t. each row's sequence log-prob (and flow).
-        # Rows go in length order, which the backend keeps (stable sort), so the captured
+        # Units go in length order, which the backend keeps (stable sort), so the captured
         # hidden states line up with them (checked).
-        order = length_order(rows)
-        sorted_rows = rows.select(order)
-        chunks = sorted_rows.chunks_of(mbs)
+        order = length_order(units)
+        sorted_units = units.select(order)
+        chunks = sorted_units.chunks_of(mbs)
         with self._flows_on(flows) as captured:
-            lp, _ = self.backend.forward_logprobs(sorted_rows, mbs)
-            row_flow = torch.zeros(len(rows), dtype=torch.float64)
+            lp_sorted, _ = self.backend.forward_logprobs(sorted_units, mbs)
+            unit_flow = torch.zeros(len(units), dtype=torch.float64)
             if flows:
                 if len(captured) != len(chunks) or any(h.shape[0] != len(c) for h, c in zip(captured, chunks)):
                     raise RuntimeError(f"flow head: captured {[h.shape[0] for h in captured]} rows, the micro-batches "
                                        f"hold {[len(c) for c in chunks]}")
                 with torch.no_grad():
-                    row_flow[order] = torch.cat([self._state_flows(h, c) for h, c in zip(captured, chunks)]).double().cpu()
-        seq_all = torch.zeros(len(rows), dtype=torch.float64)
-        seq_all[order] = (lp * sorted_rows["response_mask"].to(lp.dtype)).sum(-1).double()
-        coef = torch.zeros(len(rows), dtype=torch.float64)
-        fcoef = torch.zeros(len(rows), dtype=torch.float64)
+                    unit_flow[order] = torch.cat([self._state_flows(h, c) for h, c in zip(captured, chunks)]).double().cpu()
+        lp = torch.zeros_like(lp_sorted)
+        lp[order] = lp_sorted
+        seq_all = seq_of(lp[:n_real].double().cpu()) if n_real else torch.zeros(0, dtype=torch.float64)
+        row_flow = unit_flow[unit_of_row]
+        coef = torch.zeros(len(seq_all), dtype=torch.float64)
+        fcoef = torch.zeros(len(seq_all), dtype=torch.float64)
         out = {"loss": 0.0, "log_z_grad": {}, "phi_mean": {}, "log_f0": {}}
         start = 0
         for i, size in zip(mine, sizes):
@@ -269,21 +290,26 @@ class GFlowNetActorWorker(ActorWorker):
             if z is not None:
                 out["log_z_grad"][i] = float(z.grad)
             start += size
-        rows["gfn_coef"] = coef.float()
-        rows["gfn_fcoef"] = fcoef.float()
+        tok = torch.zeros(units["responses"].shape, dtype=torch.float64)
+        unit_f = torch.zeros(len(units), dtype=torch.float64)
+        if n_real:
+            tok[:n_real] = weights_of(coef)
+            unit_f.index_add_(0, unit_of_row, fcoef)
+        units["gfn_coef"] = tok.float()      # per token: d objective / d its log-prob
+        units["gfn_fcoef"] = unit_f.float()  # per unit (state): d objective / d its log F~
 
-        # Pass 2: gradients of the surrogate, accumulated over row micro-batches. FSDP averages
+        # Pass 2: gradients of the surrogate, accumulated over micro-batches. FSDP averages
         # gradients over ranks, so each rank's part is scaled by W (the head's own gradient is
         # averaged over ranks below, the same way).
         def loss_fn(micro: Batch, logprobs: torch.Tensor, entropy: torch.Tensor):
-            seq_mb = (logprobs * micro["response_mask"].to(logprobs.dtype)).sum(-1)
-            loss = (micro["gfn_coef"].to(seq_mb.dtype) * seq_mb).sum()
+            loss = (micro["gfn_coef"].to(logprobs.dtype) * logprobs).sum()
             if flows:
-                loss = loss + (micro["gfn_fcoef"].to(seq_mb.dtype) * self._state_flows(captured.pop(), micro)).sum()
+                state_flows = self._state_flows(captured.pop(), micro)
+                loss = loss + (micro["gfn_fcoef"].to(state_flows.dtype) * state_flows).sum()
             return loss * world, {}
 
         with self._flows_on(flows) as captured:
-            stats = self.backend.train_step(rows.select(order).chunks_of(mbs), loss_fn)
+            stats = self.backend.train_step(units.select(order).chunks_of(mbs), loss_fn)
         if flows:
             out["flow_grad_norm"] = self._flow_head_step(world)
         out.update(grad_norm=stats["grad_norm"], step_skipped=stats["step_skipped"])
@@ -360,6 +386,22 @@ def adapters_disabled(model: torch.nn.Module):
     finally:
         for m in layers:
             m.enable_adapters(True)
+
+
+@contextmanager
+def _nothing():
+    yield
+
+
+def _units(rows: Batch, share_prefix: bool):
+    """(units the backend runs, per-token log-probs [units] -> sequence log-probs [rows], row
+    weights [rows] -> per-token weights [units] (the adjoint), unit of each row [rows])."""
+    if share_prefix:
+        units, index = pack_by_prompt(rows, pad_token_id=0)  # the pad id never reaches the model
+        return (units, lambda lp: segment_sums(lp, units, index), lambda w: token_weights(w, units, index),
+                index.packed_row[index.unique_of_row])
+    mask = rows["response_mask"].double()
+    return rows, lambda lp: (lp * mask).sum(-1), lambda w: w[:, None] * mask, torch.arange(len(rows))
 
 
 def _layout_only(batch: Batch) -> Batch:

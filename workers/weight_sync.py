@@ -345,10 +345,8 @@ class SharedMemoryWeightSync(BucketedWeightSync):
             raise ValueError("weight_sync.transport=shm carries full (or merged) weights; an adapter-only sync "
                              "(weight_sync.lora_mode=adapter) goes through the object store")
         super().__init__(actor_group, rollout_group, 1, probe, verify, tolerance, mode, n_probes)
-        from workers.shared_weights import plan_layout
         with _sync_phase():
-            shapes, aliases, dtype = self.rollout.shared_spec()[0]
-            self.layout = plan_layout(shapes, aliases, dtype)
+            self.layout = self.rollout.plan_shared()
             self.rollout.create_shared(self.layout)  # OSError naming the path when /dev/shm lacks room
 
     def _push(self) -> dict:

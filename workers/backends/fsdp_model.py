@@ -58,7 +58,34 @@ def drop_padding_columns(t: dict, r: int) -> tuple[dict, int]:
         return t, r
     keep = {k: v[:, left:p + r_used] for k, v in t.items() if k in ("input_ids", "attention_mask", "position_ids")}
     keep["responses"] = t["responses"][:, :r_used]
+    if "response_segments" in t:
+        keep["response_segments"] = t["response_segments"][:, :r_used]
     return keep, r_used
+
+
+def segment_attention(attention_mask: torch.Tensor, segments: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The additive 4-D mask [b, 1, L, L] of a prefix-packed row (workers/prefix_pack.py): causal,
+    no padding, and a response token sees the prompt and the earlier tokens of its own segment only,
+    so each segment is scored as if it followed the prompt alone. A padding query sees itself (no
+    all-masked softmax row)."""
+    b, L = attention_mask.shape
+    r = segments.shape[1]
+    seg = torch.cat([torch.zeros(b, L - r, dtype=segments.dtype, device=segments.device), segments], 1)
+    real = attention_mask.bool()
+    causal = torch.ones(L, L, dtype=torch.bool, device=real.device).tril()
+    allowed = causal & real[:, None, :] & ((seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None]))
+    allowed |= torch.eye(L, dtype=torch.bool, device=real.device)
+    mask = torch.zeros(b, 1, L, L, dtype=dtype, device=real.device)
+    return mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
+
+
+def segment_sources(segments: torch.Tensor) -> torch.Tensor:
+    """[b, R] index of the kept logits that predict each response token: its left neighbour's
+    (j) inside a segment, the last prompt token's (0) for a segment's first token."""
+    j = torch.arange(segments.shape[1], device=segments.device).expand_as(segments)
+    same = torch.zeros_like(segments, dtype=torch.bool)
+    same[:, 1:] = segments[:, 1:] == segments[:, :-1]
+    return torch.where(same, j, torch.zeros_like(j))
 
 
 def _finish(x: torch.Tensor, t: dict, r: int, r_full: int) -> torch.Tensor:
@@ -75,6 +102,11 @@ def response_logprobs(model: torch.nn.Module, batch: Batch, temperature: float =
     at response position j is predicted by the logits at sequence position P-1+j; only those R
     positions go through the lm_head (`logits_to_keep`), the softmax runs in float32. Columns that
     are padding in every row are not computed; padding positions report 0.
+
+    A prefix-packed batch (a `response_segments` tensor, workers/prefix_pack.py) holds several
+    responses of one prompt per row, one after another: they attend to the prompt and to their own
+    segment only (`segment_attention`), and a segment's first token is predicted by the last
+    prompt token. Each token's log-prob then equals that of the unpacked (prompt, response) row.
     """
     _, r_full = check_layout(batch)
     if not temperature > 0:
@@ -83,17 +115,29 @@ def response_logprobs(model: torch.nn.Module, batch: Batch, temperature: float =
     kwargs = {}
     if "logits_to_keep" in inspect.signature(model.forward).parameters:
         kwargs["logits_to_keep"] = r + 1  # positions P-1 .. P+R-1; the last one predicts nothing we need
-    out = model(input_ids=t["input_ids"], attention_mask=t["attention_mask"], position_ids=t["position_ids"],
+    segments = t.get("response_segments")
+    mask = t["attention_mask"]
+    if segments is not None:
+        mask = segment_attention(mask, segments, next(model.parameters()).dtype)
+    out = model(input_ids=t["input_ids"], attention_mask=mask, position_ids=t["position_ids"],
                 use_cache=False, **kwargs)
     logits = out.logits[:, -(r + 1):-1].float()
     if temperature != 1.0:
         logits = logits / temperature
     lse = torch.logsumexp(logits, dim=-1)
-    logprobs = logits.gather(-1, t["responses"].long().unsqueeze(-1)).squeeze(-1) - lse
+    tokens = t["responses"].long()
     entropy = None
+    if segments is None:
+        logprobs = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - lse
+    else:
+        src = segment_sources(segments)
+        rows = torch.arange(len(tokens), device=tokens.device)[:, None]
+        logprobs = logits[rows, src, tokens] - lse.gather(1, src)
     if with_entropy:
         # -(p * logp).sum() == lse - (p * logits).sum(): no second [b, R, V] log-softmax tensor
         entropy = lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+        if segments is not None:
+            entropy = entropy.gather(1, segment_sources(segments))
     return _finish(logprobs, t, r, r_full), (None if entropy is None else _finish(entropy, t, r, r_full))
 
 

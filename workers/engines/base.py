@@ -7,6 +7,8 @@ Lifecycle (one engine per rollout worker process):
     engine.begin_weight_update()                 # \
     engine.load_weights({hf_name: tensor, ...})  #  } one weight sync: buckets of HF-named full
     engine.finish_weight_update()                # /  tensors; the engine is unusable in between
+                                                 #    (or `load_shared`: one shared-memory buffer laid
+                                                 #    out by `plan_shared`, workers/shared_weights.py)
     engine.sleep() / engine.wake_up()            # free / restore memory while training (may be a no-op)
     engine.shutdown()
 
@@ -89,6 +91,17 @@ class RolloutEngine(ABC):
         """(HF names a full update must bring, each once; {alias: name} for names that are the
         same engine tensor, e.g. a tied lm_head.weight, which an update may also send)."""
         raise NotImplementedError(f"{type(self).__name__} cannot list its weights")
+
+    def plan_shared(self, directory: str):
+        """The layout of a shared-memory weight buffer for this engine (workers/shared_weights.py);
+        default: the HF tensors one after another, loaded through `load_weights`."""
+        from workers.shared_weights import plan_layout
+        names, aliases = self.weight_names()
+        return plan_layout(self.weight_shapes(sorted(names)), aliases, self.weight_dtype, directory)
+
+    def load_shared(self, layout, views: dict[str, torch.Tensor]) -> None:
+        """Load a written shared buffer inside an open update (`views`: HF name -> its tensor)."""
+        self.load_weights(dict(views))
 
     def weight_shapes(self, names: list[str]) -> dict[str, tuple[int, ...]]:
         """HF name -> shape of the tensor an update brings for it (KeyError for an unknown name)."""

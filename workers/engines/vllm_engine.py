@@ -213,6 +213,25 @@ class VLLMEngine(RolloutEngine):
         # In-process uni executor: the list reaches the worker by reference, no copy.
         self.llm.collective_rpc("hyflow_load", args=(list(named_tensors.items()),))
 
+    def plan_shared(self, directory: str):
+        """On CPU, the buffer takes the engine's own parameter layout (fused qkv / gate_up regions)
+        so that `load_shared` hands the regions to the repack without re-creating or copying the
+        weights; on GPU the default (HF tensors, through `load_weights`)."""
+        if self.on_gpu:
+            return super().plan_shared(directory)
+        from workers.shared_weights import plan_regions
+        names, aliases = self.weight_names()
+        regions, where = self.llm.collective_rpc("hyflow_regions", args=(self.weight_shapes(sorted(names)),))[0]
+        return plan_regions(regions, where, aliases, self.weight_dtype, directory)
+
+    def load_shared(self, layout, views: dict[str, torch.Tensor]) -> None:
+        if not self._updating:
+            raise RuntimeError("load_shared called before begin_weight_update")
+        if not layout.regions:
+            return super().load_shared(layout, views)
+        self.llm.collective_rpc("hyflow_load_regions", args=(layout.path, layout.nbytes, layout.regions, layout.dtype))
+        self._base_open = True  # finish repacks
+
     def finish_weight_update(self) -> None:
         if not self._updating:
             raise RuntimeError("finish_weight_update called before begin_weight_update")

@@ -185,6 +185,57 @@ class WeightUpdateExtension:
         self._hyflow_loaded |= set(loaded or ())
         return sorted(loaded or ())
 
+    # ---- shared-memory updates in the engine's own layout (workers/shared_weights.py) -----------
+    def hyflow_regions(self, shapes: dict[str, tuple[int, ...]]) -> tuple[dict, dict]:
+        """(vLLM parameter -> its loadable shape, HF name -> (vLLM parameter, first row, HF shape)):
+        a fused qkv / gate_up weight is one region, its q, k, v (gate, up) HF tensors runs of rows
+        in it, in the order of `output_partition_sizes`."""
+        from vllm.model_executor.layers.linear import LinearBase
+
+        model = self._hyflow_model()
+        modules = dict(model.named_modules())
+        regions, where = {}, {}
+        for hf_name, shape in shapes.items():
+            hit = _locate(model, modules, hf_name)
+            if hit is None:
+                raise KeyError(f"HF tensor {hf_name!r} is dropped by the vLLM model; cannot lay it out")
+            path, leaf, shard = hit
+            layer = modules[path]
+            if isinstance(layer, LinearBase) and leaf == "weight":
+                full = (sum(layer.output_partition_sizes), getattr(layer, "input_size_per_partition", layer.input_size))
+            else:
+                full = tuple(getattr(layer, leaf).shape)
+            rows = _rows(layer, shard, shape[0], hf_name) if shard is not None else slice(0, shape[0] if shape else 1)
+            regions[f"{path}.{leaf}"] = full
+            where[hf_name] = (f"{path}.{leaf}", rows.start, tuple(shape))
+        return regions, where
+
+    @torch.no_grad()
+    def hyflow_load_regions(self, path: str, nbytes: int, regions: dict, dtype: torch.dtype) -> int:
+        """Load a shared buffer laid out by `hyflow_regions`: a parameter that keeps its loadable form
+        (norms, embeddings, an un-repacked layer) is copied in place; a repacked linear layer (its
+        weight emptied) gets the region itself as its weight, which `hyflow_finish_update` repacks:
+        no re-creation, no NaN fill, no intermediate copy. Opens the update as `begin` does."""
+        from workers.shared_weights import view
+
+        if getattr(self, "_hyflow_buffer", (None,))[0] != path:  # map once per buffer
+            self._hyflow_buffer = (path, torch.from_file(path, shared=True, size=nbytes, dtype=torch.uint8))
+        buf = self._hyflow_buffer[1]
+        modules = dict(self._hyflow_model().named_modules())
+        names = {id(p): n for n, p in self._hyflow_model().named_parameters()}
+        if not hasattr(self, "_hyflow_recreated"):
+            self._hyflow_recreated, self._hyflow_loaded = [], set()
+        for key, (off, shape) in regions.items():
+            mod, _, leaf = key.rpartition(".")
+            layer, src = modules[mod], view(buf, off, shape, dtype)
+            param = getattr(layer, leaf)
+            if tuple(param.shape) == tuple(shape):
+                param.data.copy_(src)
+            else:
+                setattr(layer, leaf, torch.nn.Parameter(src, requires_grad=False))
+            self._hyflow_loaded.add(names.get(id(param), key))
+        return len(regions)
+
     @torch.no_grad()
     def hyflow_finish_update(self) -> None:
         """Check the re-created weights are complete, then repack the whole model."""
