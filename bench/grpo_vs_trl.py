@@ -15,7 +15,9 @@ Each side runs in its own child process. Step time: the median over steps 2..N (
 warm-ups). Peak memory: the maximum over time of the summed RSS of the child's whole process tree
 (the driver, Ray's GCS/raylet and every worker for hyflow), sampled every 0.2 s by this parent, with
 its breakdown by role at the peak (driver, trainer ranks, rollout engine, Ray's processes, reward
-workers) and each role's largest process.
+workers) and each role's largest process. Summed RSS counts a page shared by several processes
+(torch's libraries, the shared-memory weight buffer) once per process; the peak of the summed PSS
+(each shared page split between its processes) is reported beside it (`pss_vs_trl`).
 
 The third side, `floor`, is the physical floor of the same step, each part measured alone in one
 process on the same batch shape: raw vLLM generation (`vllm.LLM`, the recipe's engine settings and
@@ -186,8 +188,9 @@ def role_of(p, root_pid: int) -> str:
     return cmd.split()[0].rsplit("/", 1)[-1] if cmd else STARTING  # no command line yet: ask again
 
 
-def tree_rss(pid: int, roles: dict) -> dict[int, int]:
-    """pid -> RSS of `pid` and its descendants; `roles` caches each pid's role_of."""
+def tree_rss(pid: int, roles: dict, pss: dict) -> dict[int, int]:
+    """pid -> RSS of `pid` and its descendants (and pid -> PSS into `pss`); `roles` caches each
+    pid's role_of."""
     import psutil
     try:
         root = psutil.Process(pid)
@@ -198,6 +201,7 @@ def tree_rss(pid: int, roles: dict) -> dict[int, int]:
     for p in procs:
         try:
             out[p.pid] = p.memory_info().rss
+            pss[p.pid] = p.memory_full_info().pss
             if roles.get(p.pid, STARTING) in RECHECK:  # a worker may load vLLM after it is titled
                 roles[p.pid] = role_of(p, pid)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
@@ -208,12 +212,14 @@ def tree_rss(pid: int, roles: dict) -> dict[int, int]:
 def measure(side: str, a, out: Path) -> dict:
     """Run one side in a child process; sample its tree's RSS until it exits."""
     proc = spawn(__file__, side, a, out)
-    peak, at_peak, roles, own_peak = 0, {}, {}, {}
+    peak, at_peak, roles, own_peak, peak_pss = 0, {}, {}, {}, 0
 
     def sample():
-        nonlocal peak, at_peak
+        nonlocal peak, at_peak, peak_pss
         while proc.poll() is None:
-            rss = tree_rss(proc.pid, roles)
+            pss: dict[int, int] = {}
+            rss = tree_rss(proc.pid, roles, pss)
+            peak_pss = max(peak_pss, sum(pss.values()))
             for pid, v in rss.items():
                 own_peak[pid] = max(own_peak.get(pid, 0), v)
             if sum(rss.values()) > peak:
@@ -234,6 +240,7 @@ def measure(side: str, a, out: Path) -> dict:
     for pid, v in own_peak.items():  # ... and each role's largest process over the run
         own[roles.get(pid, "?")] = max(own.get(roles.get(pid, "?"), 0), v / 2**30)
     return {**data, "median_step_s": statistics.median(steady), "peak_rss_gb": peak / 2**30,
+            "peak_pss_gb": peak_pss / 2**30,
             "rss_at_peak_gb": {k: round(v, 3) for k, v in sorted(by_role.items(), key=lambda kv: -kv[1])},
             "largest_process_gb": {k: round(v, 3) for k, v in sorted(own.items(), key=lambda kv: -kv[1])},
             "wall_s": time.perf_counter() - t0}
@@ -246,11 +253,13 @@ def main() -> None:
     if {"trl", "hyflow"} <= res.keys():
         res["speedup"] = res["trl"]["median_step_s"] / res["hyflow"]["median_step_s"]
         res["peak_memory_ratio"] = res["hyflow"]["peak_rss_gb"] / res["trl"]["peak_rss_gb"]
+        res["peak_pss_ratio"] = res["hyflow"]["peak_pss_gb"] / res["trl"]["peak_pss_gb"]
     if {"floor", "hyflow"} <= res.keys():
         res["step_vs_floor"] = res["hyflow"]["median_step_s"] / res["floor"]["median_step_s"]
     res["shape"], res["hyflow_overrides"] = SHAPE, a.set
     print(json.dumps(res, indent=1))
     ratios = {"speedup_vs_trl": res.get("speedup"), "rss_vs_trl": res.get("peak_memory_ratio"),
+              "pss_vs_trl": res.get("peak_pss_ratio"),
               "step_vs_floor": res.get("step_vs_floor")}
     print(json.dumps({k: round(v, 3) for k, v in ratios.items() if v is not None}))  # one line, read by tools
 
