@@ -16,8 +16,9 @@ warm-ups). Peak memory: the maximum over time of the summed RSS of the child's w
 (the driver, Ray's GCS/raylet and every worker for hyflow), sampled every 0.2 s by this parent, with
 its breakdown by role at the peak (driver, trainer ranks, rollout engine, Ray's processes, reward
 workers) and each role's largest process. Summed RSS counts a page shared by several processes
-(torch's libraries, the shared-memory weight buffer) once per process; the peak of the summed PSS
-(each shared page split between its processes) is reported beside it (`pss_vs_trl`).
+(torch's libraries, the shared-memory weight buffer) once per process; the summed PSS (each shared
+page split between its processes), read whenever the summed RSS reaches a new peak (reading it costs
+CPU), is reported beside it (`pss_vs_trl`).
 
 The third side, `floor`, is the physical floor of the same step, each part measured alone in one
 process on the same batch shape: raw vLLM generation (`vllm.LLM`, the recipe's engine settings and
@@ -188,9 +189,20 @@ def role_of(p, root_pid: int) -> str:
     return cmd.split()[0].rsplit("/", 1)[-1] if cmd else STARTING  # no command line yet: ask again
 
 
-def tree_rss(pid: int, roles: dict, pss: dict) -> dict[int, int]:
-    """pid -> RSS of `pid` and its descendants (and pid -> PSS into `pss`); `roles` caches each
-    pid's role_of."""
+def tree_pss(pids) -> int:
+    """Summed PSS of `pids` (each shared page split between the processes that map it)."""
+    import psutil
+    total = 0
+    for pid in pids:
+        try:
+            total += psutil.Process(pid).memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return total
+
+
+def tree_rss(pid: int, roles: dict) -> dict[int, int]:
+    """pid -> RSS of `pid` and its descendants; `roles` caches each pid's role_of."""
     import psutil
     try:
         root = psutil.Process(pid)
@@ -201,7 +213,6 @@ def tree_rss(pid: int, roles: dict, pss: dict) -> dict[int, int]:
     for p in procs:
         try:
             out[p.pid] = p.memory_info().rss
-            pss[p.pid] = p.memory_full_info().pss
             if roles.get(p.pid, STARTING) in RECHECK:  # a worker may load vLLM after it is titled
                 roles[p.pid] = role_of(p, pid)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
@@ -217,13 +228,12 @@ def measure(side: str, a, out: Path) -> dict:
     def sample():
         nonlocal peak, at_peak, peak_pss
         while proc.poll() is None:
-            pss: dict[int, int] = {}
-            rss = tree_rss(proc.pid, roles, pss)
-            peak_pss = max(peak_pss, sum(pss.values()))
+            rss = tree_rss(proc.pid, roles)
             for pid, v in rss.items():
                 own_peak[pid] = max(own_peak.get(pid, 0), v)
             if sum(rss.values()) > peak:
                 peak, at_peak = sum(rss.values()), rss
+                peak_pss = max(peak_pss, tree_pss(rss))  # read at new RSS peaks only: smaps costs CPU
             time.sleep(0.2)
     t = threading.Thread(target=sample, daemon=True)
     t0 = time.perf_counter()

@@ -161,3 +161,44 @@ class Batch:
     def __repr__(self) -> str:
         t = ", ".join(f"{k}{tuple(v.shape)}:{str(v.dtype).replace('torch.', '')}" for k, v in self.tensors.items())
         return f"Batch(len={len(self)}, tensors=[{t}], non_tensors={list(self.non_tensors)}, meta={list(self.meta)})"
+
+
+def pack_sequences(prompts: list[list[int]], responses: list[list[int]], logprobs: list[list[float]],
+                   prompt_width: int, response_width: int, pad_token_id: int) -> Batch:
+    """Left-pad prompts, right-pad responses, and build the masks and positions the trainer uses."""
+    b = len(prompts)
+    P, R = prompt_width, response_width
+    input_ids = torch.full((b, P + R), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((b, P + R), dtype=torch.long)
+    resp_logprobs = torch.zeros((b, R), dtype=torch.float32)
+    for i, (p, r, lp) in enumerate(zip(prompts, responses, logprobs)):
+        if len(p) > P or len(r) > R:
+            raise ValueError(f"row {i}: prompt {len(p)} / response {len(r)} tokens exceed widths {P} / {R}")
+        input_ids[i, P - len(p):P] = torch.tensor(p, dtype=torch.long)
+        attention_mask[i, P - len(p):P] = 1
+        if r:
+            input_ids[i, P:P + len(r)] = torch.tensor(r, dtype=torch.long)
+            attention_mask[i, P:P + len(r)] = 1
+            resp_logprobs[i, :len(r)] = torch.tensor(lp, dtype=torch.float32)
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    return Batch({
+        "input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
+        "responses": input_ids[:, P:].clone(), "response_mask": attention_mask[:, P:].clone(),
+        "rollout_logprobs": resp_logprobs,
+    })
+
+
+def trim_padding(batch: Batch) -> Batch:
+    """Drop prompt columns that are padding in every row (left) and response columns likewise
+    (right), so training does not pay for the widest possible shapes."""
+    P = batch["input_ids"].shape[1] - batch["responses"].shape[1]
+    prompt_mask = batch["attention_mask"][:, :P]
+    left = int((prompt_mask.sum(0) == 0).long().cumprod(0).sum().item())
+    r_used = int(batch["response_mask"].sum(0).nonzero().max().item()) + 1 if batch["response_mask"].any() else 1
+    out = Batch(dict(batch.tensors), dict(batch.non_tensors), dict(batch.meta))
+    for k in ("input_ids", "attention_mask", "position_ids"):
+        out.tensors[k] = batch[k][:, left:P + r_used]
+    for k, v in batch.tensors.items():
+        if k not in ("input_ids", "attention_mask", "position_ids") and v.dim() == 2 and v.shape[1] == batch["responses"].shape[1]:
+            out.tensors[k] = v[:, :r_used]
+    return out

@@ -42,7 +42,7 @@ SHARE_TRAINER, SHARE_ROLLOUT, SHARE_HELPERS = 0.5, 0.4, 0.1
 
 # Method -> phase of the trainer and rollout groups (calls inside `in_phase(...)` take that phase).
 TRAINER_PHASES = {"update": "train", "compute_logprobs": "train", "compute_values": "train", "push_weights": "sync",
-                  "score": "rollout"}  # the reward model scores what was generated
+                  "write_shared": "sync", "score": "rollout"}  # the reward model scores what was generated
 
 
 def generate_phase(args: tuple, kwargs: dict) -> str:
@@ -57,7 +57,8 @@ def generate_phase(args: tuple, kwargs: dict) -> str:
 
 
 ROLLOUT_PHASES = {"generate": generate_phase, "sleep": "train", "wake_up": "sync", "begin_weight_update": "sync",
-                  "finish_weight_update": "sync", "weight_report": "sync", "score": "sync"}
+                  "finish_weight_update": "sync", "weight_report": "sync", "score": "sync", "plan_shared": "sync",
+                  "create_shared": "sync", "load_shared": "sync", "remove_shared": "sync"}
 
 
 def deadlines(ray_cfg) -> dict[str, float]:
