@@ -17,10 +17,13 @@ Lifecycle:
     remove_buffer(layout)                            # at shutdown
 
 The file stays between syncs (mapping it again each time would page-fault the whole model in
-again); it costs one copy of the weights in the engine's dtype, in tmpfs, which the memory
-breakdown counts separately from the processes' RSS. Failure contract: `create_buffer` raises
-OSError naming the path when /dev/shm lacks the room; `check_tiling` raises WeightSyncError naming
-the tensor whose elements were missed or written twice, before any engine loads the buffer.
+again); it costs one copy of the weights in the engine's dtype, in tmpfs: summed RSS counts its
+pages in every process that touched them, summed PSS once (bench/grpo_vs_trl.py reports both). A driver killed
+outright leaves the file behind; every other exit removes it (`Workers.shutdown`).
+
+Failure contract: `create_buffer` raises OSError naming the path when /dev/shm lacks the room;
+`check_tiling` raises WeightSyncError naming the tensor whose elements were missed or written
+twice, before any engine loads the buffer.
 """
 from __future__ import annotations
 
