@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from orchestrator.worker_group import Dispatch, register
-from workers.actor import ActorWorker
+from tests.test_lora import LoraActorWorker
 from workers.backends.fsdp import _row_share
 from workers.shared_weights import (ALIGN, check_tiling, create_buffer, map_buffer, plan_layout, plan_regions,
                                     remove_buffer, tensor_views, view)
@@ -93,17 +93,7 @@ def test_row_share_follows_torch_chunk():
 
 
 # ---- a real sync: 2 FSDP2 LoRA ranks -> vLLM ----------------------------------------------------
-class ShmActor(ActorWorker):
-    @register(dispatch=Dispatch.ONE_TO_ALL)
-    def setup(self) -> dict:
-        from workers.backends import backend_options, make_backend
-        from workers.dist import init_distributed
-        init_distributed()
-        torch.manual_seed(self.seed)
-        self.backend = make_backend(self.cfg["backend"], **{**backend_options(self.cfg), "seed": self.seed})
-        self.backend.setup(self.model_path, trainable=True)
-        return {}
-
+class ShmActor(LoraActorWorker):
     @register(dispatch=Dispatch.ONE_TO_ALL)
     def merged_weights(self) -> dict:
         """The object-store path's payload (gathered, LoRA merged) on rank 0: the reference."""

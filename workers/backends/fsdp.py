@@ -53,6 +53,15 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 EXPORT_BUCKET_BYTES = 256 * 2**20  # save_hf gathers the full weights in pieces of this size
 
 
+def _unique_state(model: torch.nn.Module):
+    """(state-dict name, tensor) pairs, a tied tensor once under its first name."""
+    seen: set[int] = set()
+    for name, t in model.state_dict(keep_vars=True).items():
+        if id(t) not in seen:
+            seen.add(id(t))
+            yield name, t
+
+
 def _row_share(name: str, t: torch.Tensor, rank: int, world_size: int) -> tuple[str, torch.Tensor, int | None]:
     """A tensor every rank holds whole: this rank's `torch.chunk` share of its rows (None: none)."""
     if t.dim() == 0:
@@ -398,12 +407,7 @@ class FSDPBackend(DataParallelBackend):
         `lora_A` and any other layout are all-gathered."""
         from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
-        model = self._require_model()
-        seen: set[int] = set()
-        for name, t in model.state_dict(keep_vars=True).items():
-            if id(t) in seen:
-                continue
-            seen.add(id(t))
+        for name, t in _unique_state(self._require_model()):
             name = strip_prefixes(name)
             if not isinstance(t, DTensor):
                 yield _row_share(name, t.detach(), self.rank, self.world_size)
@@ -417,12 +421,7 @@ class FSDPBackend(DataParallelBackend):
 
     def _gather_named(self, bucket_bytes: int, lora_only: bool) -> Iterator[tuple[str, torch.Tensor]]:
         """Each DTensor all-gathered on its own, when the consumer asks for it (collective)."""
-        model = self._require_model()
-        seen: set[int] = set()
-        for name, tensor in model.state_dict(keep_vars=True).items():
-            if id(tensor) in seen:
-                continue
-            seen.add(id(tensor))
+        for name, tensor in _unique_state(self._require_model()):
             if lora_only and not is_lora_name(name):
                 continue
             full = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
