@@ -6,6 +6,7 @@
     python bench/learning.py agent --seeds 5 --steps 20 # (c) GiGPO vs GRPO on a multi-turn env (tiny model)
     python bench/learning.py agent --env corridor --seeds 3 --steps 15
     python bench/learning.py for --seeds 3 --steps 15   # (d) FoR vs GRPO on BlocksWorld (tiny model)
+    python bench/learning.py retrieval --seeds 1 --steps 15  # (e) Step-GRPO vs GRPO on retrieval (bench/learning_retrieval.py)
     python bench/learning.py report                    # tables + PNG curves from the finished runs
 
 Each run is `hyflow train` in a child process with its own run directory under --out/runs/; a run
@@ -34,6 +35,8 @@ warmed to spread P_F over the candidates, tests/learning_tasks.py), VarGrad TB w
 ε and tempered sampling vs `for_.objective=grpo` (on-policy). Accuracy and distinct correct plans
 per solved problem, on the training problems' fresh samples and on 8 held-out problems
 (learning_for.png).
+Suite (e), Step-GRPO vs plain (outcome-reward) GRPO on the retrieval task, both scored free-running on
+held-out questions in the kbqa env: bench/learning_retrieval.py.
 """
 from __future__ import annotations
 
@@ -47,6 +50,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from learning_retrieval import report_retrieval, run_retrieval  # noqa: E402
 
 # Suite (a): every run samples 32 completions per step (prompts x rollout.n).
 # Checkpoints every 5 steps: a stopped run continues where it stopped (trainer.resume), so the
@@ -434,13 +439,15 @@ def report(out: Path) -> dict:
     for env in AGENT_ENVS:
         summary.update(report_agent(out, env))
     summary.update(report_for(out))
+    summary.update(report_retrieval(out))
     print(json.dumps(summary))
     return summary
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("suite", choices=["math", "rm", "agent", "for", "report", "agent-run", "for-run"])
+    ap.add_argument("suite", choices=["math", "rm", "agent", "for", "retrieval", "report", "agent-run",
+                                            "for-run"])
     ap.add_argument("--seeds", type=int, default=3, help="suite (c)'s seeds per estimator")
     ap.add_argument("--algo", choices=sorted({*AGENT, *FOR}), help="agent-run / for-run: what trains (internal)")
     ap.add_argument("--seed", type=int, default=0, help="agent-run: the seed (internal)")
@@ -462,6 +469,8 @@ def main() -> int:
         run_agent(a.out, a.env, a.steps, a.seeds)
     if a.suite == "for":
         run_for(a.out, a.steps, a.seeds)
+    if a.suite == "retrieval":
+        run_retrieval(a.out, a.steps, a.seeds)
     if a.suite == "math":
         run_math(a.out, a.steps, a.only.split(","), a.val_every)
     if a.suite == "rm":

@@ -6,6 +6,11 @@ admissible actions; the response is the model's tokens only (`<think>...</think>
 so env text never enters the response mask. Samples are tagged with their group (same seed),
 trajectory, step index and anchor state for GRPO / GiGPO.
 
+An env may render its own prompt and judge its own actions (envs/retrieval/env.py): when a state's
+info carries `messages`, those chat messages are the prompt (the history and admissible-action
+lines above are then the env's business), and with `raw_action` True the whole response text is
+sent as the action, its validity taken from the env's `action_valid` for that step.
+
 The loop knows nothing of Ray workers or the trainer: it gets `generate(prompt_ids) ->
 [(response_ids, logprobs, finish_reason)]` and an `EnvManager`. Finished envs stop generating.
 """
@@ -114,21 +119,25 @@ def run_episodes(manager, generate: Callable[[list[list[int]]], list[tuple[list[
         prompts = []
         for i in idx:
             shown = view(obs[i], infos[i])
-            msgs = build_messages(tasks[i], history[i], shown, infos[i].get("admissible_actions", []), t,
-                                  cfg.history_length)
+            own = infos[i].get("messages")
+            msgs = own or build_messages(tasks[i], history[i], shown, infos[i].get("admissible_actions", []), t,
+                                         cfg.history_length)
             ids = encode(msgs)
-            if len(ids) > cfg.max_prompt_tokens:  # drop the history first, as verl-agent does
+            if len(ids) > cfg.max_prompt_tokens and not own:  # drop the history first, as verl-agent does
                 ids = encode(build_messages(tasks[i], [], shown, infos[i].get("admissible_actions", []), t, 0))
             prompts.append(ids[-cfg.max_prompt_tokens:])
         outputs = generate(prompts)
         actions = {}
         for i, (resp, lps, finish) in zip(idx, outputs):
-            action, valid = project_action(decode(resp), cfg.fallback_chars)
+            text = decode(resp)
+            action, valid = (text, True) if infos[i].get("raw_action") else project_action(text, cfg.fallback_chars)
             actions[i] = (action, valid, resp, lps, finish)
         results = manager.step({i: a[0] for i, a in actions.items()})
         for k, i in enumerate(idx):
             action, valid, resp, lps, finish = actions[i]
             r = results[i]
+            if infos[i].get("raw_action"):  # the env judged the whole text
+                valid = bool(r.info.get("action_valid", True))
             penalty = 0.0 if valid else cfg.invalid_penalty
             samples.append(StepSample(prompts[k], resp, lps, finish, manager.group_of(i), i, t,
                                       str(infos[i].get("anchor", obs[i])), r.reward, penalty, valid, r.done,

@@ -39,7 +39,12 @@ ENTRY_POINT_GROUP = "hyflow.envs"
 _BUILTIN_ENVS: dict[str, str] = {
     "webshop": "envs.webshop",
     "alfworld": "envs.alfworld.env",
+    "kbqa": "envs.retrieval.env",
 }
+
+# Validation episodes play seeds VAL_SEED_BASE + k (orchestrator/tasks.py), training ones the seeds
+# below it: an env with held-out tasks tells the two apart by the seed (envs/retrieval/env.py).
+VAL_SEED_BASE = 10**6
 
 _ENVS: dict[str, Callable[..., "TextEnv"]] = {}
 _loaded_entry_points: set[tuple[str, str]] = set()

@@ -156,12 +156,28 @@ def check_model(cfg) -> Problems:
         yield key, str(e)
         return
     if resolved.is_dir():
-        yield from check_model_folder(key, resolved)
+        found = list(check_model_folder(key, resolved))
+        yield from found
+        if not found:
+            yield from check_positions(cfg, resolved / "config.json")
     elif resolved.exists():
         yield key, f"{resolved} is a file, not a model folder"
     elif _hub_offline() and not _in_hub_cache(name):
         yield key, (f"{name!r} is neither the embedded model ({EMBEDDED_NAME!r}) nor an existing folder, "
                     f"and hub downloads are off (HF_HUB_OFFLINE=1)")
+
+
+def check_positions(cfg, config_json: Path) -> Problems:
+    """rollout.max_model_len within the model's positions (vLLM refuses it only once the engine
+    process is up, and the trainer's sequences would run past the position table)."""
+    try:
+        positions = json.loads(config_json.read_text()).get("max_position_embeddings")
+    except (OSError, ValueError, AttributeError):
+        return
+    if isinstance(positions, int) and cfg.rollout.max_model_len > positions:
+        yield "rollout.max_model_len", (f"{cfg.rollout.max_model_len} exceeds the model's {positions} positions "
+                                        f"(max_position_embeddings in {config_json}); lower it, with "
+                                        f"data.max_prompt_tokens + rollout.max_new_tokens <= it")
 
 
 def check_reward_model(cfg) -> Problems:

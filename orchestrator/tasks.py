@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from envs.agent_loop import AgentLoopConfig, run_episodes
+from envs.base import VAL_SEED_BASE
 from orchestrator.batch import Batch
 from orchestrator.data import PromptDataset, encode_prompt, load_rows
 from orchestrator.data_files import load_prompt_rows
@@ -190,7 +191,7 @@ class AgentTask:
     def validate(self, generate) -> dict:
         if self.val_envs is None:
             return {}
-        seeds = [10**6 + self.cfg.env.seed + k for k in range(self.cfg.env.val_groups)]  # disjoint from training
+        seeds = [VAL_SEED_BASE + self.cfg.env.seed + k for k in range(self.cfg.env.val_groups)]  # disjoint from training
         samples, episodes = self._play(self.val_envs, generate, seeds, True, 0)
         self.val_rows = episode_rows(samples, episodes, None, self.tok)
         return episode_metrics(episodes, "val")

@@ -152,6 +152,12 @@ def test_model_folder_problems(tmp_path):
     assert _quick(f"model.path={a_file}") == [f"model.path: {a_file} is a file, not a model folder"]
     good = _model_folder(tmp_path / "good", GOOD_MODEL)
     preflight(load_config("configs/quickstart.yaml", [f"model.path={good}"]))
+    short = _model_folder(tmp_path / "short", {**GOOD_MODEL, "config.json": '{"max_position_embeddings": 512}'})
+    assert _quick(f"model.path={short}", "rollout.max_model_len=1024") == [
+        f"rollout.max_model_len: 1024 exceeds the model's 512 positions (max_position_embeddings in "
+        f"{short / 'config.json'}); lower it, with data.max_prompt_tokens + rollout.max_new_tokens <= it"]
+    preflight(load_config("configs/quickstart.yaml", [f"model.path={short}", "rollout.max_model_len=512",
+                                                      "data.max_prompt_tokens=384"]))
 
 
 def test_a_model_name_that_is_no_folder_is_an_error_while_the_hub_is_off(monkeypatch):
@@ -178,7 +184,7 @@ def test_resolve_model_path(tmp_path, monkeypatch):
 
 def test_env_problems():
     assert _lines("configs/grpo_webshop.yaml", ["env.name=no_such_env"]) == [
-        "env.name: unknown env 'no_such_env'; registered: ['alfworld', 'webshop']"]
+        "env.name: unknown env 'no_such_env'; registered: ['alfworld', 'kbqa', 'webshop']"]
     assert _lines("configs/grpo_webshop.yaml", ["env.name=envs.webshop:NoSuchEnv"]) == [
         "env.name: 'envs.webshop:NoSuchEnv': module 'envs.webshop' has no attribute 'NoSuchEnv'"]
     assert _lines("configs/grpo_webshop.yaml", ["env.name=no_such_pkg_xyz:Env"]) == [

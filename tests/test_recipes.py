@@ -67,7 +67,7 @@ def shrink(name: str, tmp_path: Path) -> list[str]:
     """Overrides that keep a recipe's algorithm and task but make one step take seconds."""
     out = ["rollout.max_new_tokens=8", "data.val_size=0", "rollout.kv_cache_gb=0.25", "trainer.progress=false",
            "weight_sync.bucket_mb=4", "actor.micro_batch_size=2", "data.batch_size=2"]
-    if "alfworld" in name or "webshop" in name:
+    if "alfworld" in name or "webshop" in name or name == "grpo_retrieval.yaml":  # agent recipes
         out += ["env.max_steps=2", "env.val_groups=1", "rollout.max_new_tokens=12", "rollout.max_model_len=1024",
                 "data.max_prompt_tokens=1000"]  # the tiny model has 1024 positions
     if "alfworld" in name:

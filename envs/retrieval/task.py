@@ -503,13 +503,34 @@ def compute_score(data_source: str, solution_str: str, ground_truth: str,
 def make_dataset(n_questions: int, seed: int = 0, system_prompt: str | None = SYSTEM_PROMPT) -> list[dict]:
     """One row per step state of `n_questions` generated questions: {"prompt": chat messages,
     "data_source", "ground_truth", "extra_info", "state_id"}, in question then step order."""
+    return _rows(generate_examples(n_questions, seed), system_prompt)
+
+
+def _rows(examples: Sequence[Example], system_prompt: str | None = SYSTEM_PROMPT) -> list[dict]:
     rows = []
-    for ex in generate_examples(n_questions, seed):
+    for ex in examples:
         for st in step_states(ex):
             gt, extra = state_label(st)
             rows.append({"prompt": build_prompt(st, system_prompt), "data_source": DATA_SOURCE,
                          "ground_truth": gt, "extra_info": extra, "state_id": st.state_id})
     return rows
+
+
+def split_examples(n_questions: int, seed: int = 0, val_questions: int = 32,
+                   world: World | None = None) -> tuple[list[Example], list[Example]]:
+    """(training questions, held-out questions): `generate_examples(n_questions, seed)` with the
+    last `val_questions` held out (the kbqa env's validation questions, env.py)."""
+    if not 0 <= val_questions < n_questions:
+        raise ValueError(f"val_questions must be in [0, n_questions={n_questions}), got {val_questions}")
+    examples = generate_examples(n_questions, seed, world)
+    return examples[:n_questions - val_questions], examples[n_questions - val_questions:]
+
+
+def train_rows(n_questions: int, seed: int = 0, val_questions: int = 32) -> list[dict]:
+    """`make_dataset`'s rows for the training questions of `split_examples` only (a `data.generator`:
+    Step-GRPO then never sees the kbqa env's held-out questions)."""
+    train, _ = split_examples(n_questions, seed, val_questions)
+    return _rows(train)
 
 
 def example_to_dict(example: Example) -> dict:
