@@ -1,4 +1,5 @@
-"""Pure RL algorithm core: advantage estimators and policy losses (torch / numpy / stdlib only).
+"""Pure RL algorithm core: advantage estimators and policy losses (torch / numpy / stdlib only; the
+registry table itself is orchestrator/plugins.py, stdlib).
 
 Importing the package registers the built-ins; third-party plug-ins come in through the
 ``hyflow.algorithms`` entry-point group (see registry).

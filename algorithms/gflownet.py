@@ -27,25 +27,23 @@ from typing import Callable
 import torch
 
 from .grpo import _group_index
-from .registry import _get, _register
-
-_GFN_OBJECTIVES: dict[str, Callable] = {}
+from .registry import gfn_objectives as _GFN_OBJECTIVES
 REWARD_TEMPERATURE_MODES = ("multiply", "divide")
 
 
 def register_gfn_objective(name: str) -> Callable[[Callable], Callable]:
     """Decorator: register ``fn`` as the GFlowNet objective called ``name``."""
-    return _register(_GFN_OBJECTIVES, "GFlowNet objective", name)
+    return _GFN_OBJECTIVES.register(name)
 
 
 def get_gfn_objective(name: str) -> Callable:
     """The objective registered as ``name``; KeyError listing the registered names otherwise."""
-    return _get(_GFN_OBJECTIVES, "GFlowNet objective", name)
+    return _GFN_OBJECTIVES.get(name)
 
 
 def list_gfn_objectives() -> list[str]:
-    """Sorted names of the registered GFlowNet objectives."""
-    return sorted(_GFN_OBJECTIVES)
+    """Sorted names of the registered GFlowNet objectives, plug-ins included."""
+    return _GFN_OBJECTIVES.names()
 
 
 # ------------------------------------------------------------------------------- validation

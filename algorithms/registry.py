@@ -19,100 +19,56 @@ lookup misses (so plug-ins installed later are found). A plug-in that fails to l
 """
 from __future__ import annotations
 
-import importlib.metadata
-import inspect
 from typing import Callable
+
+from orchestrator.plugins import EntryPoints, Registry  # stdlib only
 
 ENTRY_POINT_GROUP = "hyflow.algorithms"
 
-_ADVANTAGE_ESTIMATORS: dict[str, Callable] = {}
-_POLICY_LOSSES: dict[str, Callable] = {}
-_loaded_entry_points: set[tuple[str, str]] = set()
-_loading = False  # guards against a plug-in that looks names up while being imported
-_scanned = False  # entry points have been loaded once
 
-
-def _register(table: dict[str, Callable], kind: str, name: str) -> Callable[[Callable], Callable]:
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"{kind} name must be a non-empty string, got {name!r}")
-
-    def decorator(fn: Callable) -> Callable:
+def _callable(kind: str) -> Callable[[str, object], None]:
+    def check(name: str, fn) -> None:
         if not callable(fn):
             raise TypeError(f"{kind} {name!r} must be callable, got {type(fn).__name__}")
-        existing = table.get(name)
-        if existing is not None and existing is not fn:
-            raise ValueError(f"{kind} {name!r} is already registered to "
-                             f"{getattr(existing, '__module__', '?')}."
-                             f"{getattr(existing, '__qualname__', existing)}")
-        table[name] = fn
-        return fn
+    return check
 
-    return decorator
+
+_PLUGINS = EntryPoints(ENTRY_POINT_GROUP, "hyflow plug-in")
+_ADVANTAGE_ESTIMATORS = Registry("advantage estimator", _PLUGINS, _callable("advantage estimator"))
+_POLICY_LOSSES = Registry("policy loss", _PLUGINS, _callable("policy loss"))
+gfn_objectives = Registry("GFlowNet objective", _PLUGINS, _callable("GFlowNet objective"))  # algorithms/gflownet.py
 
 
 def load_plugins() -> None:
     """Load every not-yet-loaded entry point of group ``hyflow.algorithms``."""
-    global _loading, _scanned
-    if _loading:
-        return
-    _loading = True
-    try:
-        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-            key = (ep.name, ep.value)
-            if key in _loaded_entry_points:
-                continue
-            try:
-                obj = ep.load()
-                registered = any(obj is f for f in (*_ADVANTAGE_ESTIMATORS.values(),
-                                                    *_POLICY_LOSSES.values()))
-                if not inspect.ismodule(obj) and callable(obj) and not registered:
-                    obj()
-            except Exception as e:  # any failure inside a plug-in is reported against its name
-                raise ImportError(f"hyflow plug-in entry point {ep.name!r} = {ep.value!r} "
-                                  f"(group {ENTRY_POINT_GROUP!r}) failed to load: "
-                                  f"{type(e).__name__}: {e}") from e
-            _loaded_entry_points.add(key)
-        _scanned = True
-    finally:
-        _loading = False
-
-
-def _get(table: dict[str, Callable], kind: str, name: str) -> Callable:
-    if not _scanned or name not in table:
-        load_plugins()  # first lookup, or a miss: a plug-in installed since may provide it
-    try:
-        return table[name]
-    except KeyError:
-        raise KeyError(f"unknown {kind} {name!r}; registered: {sorted(table)}") from None
+    _PLUGINS.load()
 
 
 def register_advantage_estimator(name: str) -> Callable[[Callable], Callable]:
     """Decorator: register ``fn`` as the advantage estimator called ``name``."""
-    return _register(_ADVANTAGE_ESTIMATORS, "advantage estimator", name)
+    return _ADVANTAGE_ESTIMATORS.register(name)
 
 
 def register_policy_loss(name: str) -> Callable[[Callable], Callable]:
     """Decorator: register ``fn`` as the policy loss called ``name``."""
-    return _register(_POLICY_LOSSES, "policy loss", name)
+    return _POLICY_LOSSES.register(name)
 
 
 def get_advantage_estimator(name: str) -> Callable:
     """The estimator registered as ``name``; KeyError listing the registered names otherwise."""
-    return _get(_ADVANTAGE_ESTIMATORS, "advantage estimator", name)
+    return _ADVANTAGE_ESTIMATORS.get(name)
 
 
 def get_policy_loss(name: str) -> Callable:
     """The policy loss registered as ``name``; KeyError listing the registered names otherwise."""
-    return _get(_POLICY_LOSSES, "policy loss", name)
+    return _POLICY_LOSSES.get(name)
 
 
 def list_advantage_estimators() -> list[str]:
     """Sorted names of all advantage estimators, plug-ins included."""
-    load_plugins()
-    return sorted(_ADVANTAGE_ESTIMATORS)
+    return _ADVANTAGE_ESTIMATORS.names()
 
 
 def list_policy_losses() -> list[str]:
     """Sorted names of all policy losses, plug-ins included."""
-    load_plugins()
-    return sorted(_POLICY_LOSSES)
+    return _POLICY_LOSSES.names()

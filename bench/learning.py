@@ -6,6 +6,7 @@
     python bench/learning.py agent --seeds 5 --steps 20 # (c) GiGPO vs GRPO on a multi-turn env (tiny model)
     python bench/learning.py agent --env corridor --seeds 3 --steps 15
     python bench/learning.py for --seeds 3 --steps 15   # (d) FoR vs GRPO on BlocksWorld (tiny model)
+    python bench/learning.py for --seeds 3 --steps 20 --slack 2   # (d) with detours allowed: several correct plans
     python bench/learning.py retrieval --seeds 1 --steps 15  # (e) Step-GRPO vs GRPO on retrieval (bench/learning_retrieval.py)
     python bench/learning.py report                    # tables + PNG curves from the finished runs
 
@@ -34,7 +35,9 @@ search), `--seeds` seeds each: the FoR trainer's sampler and candidate-step poli
 warmed to spread P_F over the candidates, tests/learning_tasks.py), VarGrad TB with FoR's replay,
 ε and tempered sampling vs `for_.objective=grpo` (on-policy). Accuracy and distinct correct plans
 per solved problem, on the training problems' fresh samples and on 8 held-out problems
-(learning_for.png).
+(learning_for.png). `--slack N` lets a plan take N actions beyond the optimal length (`for_.slack`),
+so a problem has several correct plans, FoR's diversity claim can show (runs for_slackN_*,
+learning_for_slackN.png).
 Suite (e), Step-GRPO vs plain (outcome-reward) GRPO on the retrieval task, both scored free-running on
 held-out questions in the kbqa env: bench/learning_retrieval.py.
 """
@@ -186,17 +189,17 @@ def agent_run(out: Path, env: str, algo: str, seed: int, steps: int) -> None:
 
 
 def run_seeds(out: Path, suite: str, algos: list[str], steps: int, seeds: int, step_key: str,
-              env: str | None = None) -> None:
+              tag: str | None = None, child_args: tuple[str, ...] = ()) -> None:
     """Each (seed, algo) run of a seeded suite in a child (`<suite>-run`), skipping finished ones
-    (at least `steps` metrics rows carrying step_key)."""
+    (at least `steps` metrics rows carrying step_key). Runs are named <suite>[_<tag>]_<algo>_s<seed>."""
     for seed in range(seeds):
         for algo in algos:
-            name = f"{suite}_{env}_{algo}_s{seed}" if env else f"{suite}_{algo}_s{seed}"
+            name = f"{suite}_{tag}_{algo}_s{seed}" if tag else f"{suite}_{algo}_s{seed}"
             if sum(1 for r in rows_of(out / "runs" / name) if step_key in r) >= steps:
                 print(f"[learning] {name}: done already", flush=True)
                 continue
             _call([sys.executable, str(Path(__file__).resolve()), f"{suite}-run", "--algo", algo, "--seed", str(seed),
-                   "--steps", str(steps), "--out", str(out), *(["--env", env] if env else [])], out / f"{name}.log")
+                   "--steps", str(steps), "--out", str(out), *child_args], out / f"{name}.log")
 
 
 def run_agent(out: Path, env: str, steps: int, seeds: int) -> None:
@@ -205,7 +208,7 @@ def run_agent(out: Path, env: str, steps: int, seeds: int) -> None:
         sys.path.insert(0, str(REPO))
         from tests.learning_tasks import digit_model
         digit_model(model)
-    run_seeds(out, "agent", list(AGENT), steps, seeds, "env/success_rate", env)
+    run_seeds(out, "agent", list(AGENT), steps, seeds, "env/success_rate", env, ("--env", env))
 
 
 def report_agent(out: Path, env: str) -> dict:
@@ -265,15 +268,20 @@ FOR = {"for": ["for_.objective=vargrad_tb"],
        "grpo": ["for_.objective=grpo", "for_.use_buffer_prob=[0,0]", "for_.epsilon=[0,0]", "for_.pf_temp_prob=0"]}
 
 
-def for_run(out: Path, algo: str, seed: int, steps: int) -> None:
+def for_tag(slack: int) -> str | None:
+    return f"slack{slack}" if slack else None
+
+
+def for_run(out: Path, algo: str, seed: int, steps: int, slack: int = 0) -> None:
     """One suite-(d) run, in this process (a child of `run_for`)."""
     from orchestrator.config import load_config
     from orchestrator.for_trainer import ForTrainer
-    run = out / "runs" / f"for_{algo}_s{seed}"
+    name = f"for_{for_tag(slack)}_{algo}_s{seed}" if slack else f"for_{algo}_s{seed}"
+    run = out / "runs" / name
     cfg = load_config(str(REPO / "configs/for_blocksworld.yaml"), [
         f"model.path={out / 'for_model'}", f"trainer.output_dir={run}", "trainer.overwrite=true",
-        f"trainer.seed={seed}", f"trainer.total_steps={steps}", f"trainer.experiment_name=for_{algo}_s{seed}",
-        *FOR_KEYS, *FOR[algo]])
+        f"trainer.seed={seed}", f"trainer.total_steps={steps}", f"trainer.experiment_name={name}",
+        *FOR_KEYS, *FOR[algo], f"for_.slack={slack}"])
     trainer = ForTrainer(cfg)
     try:
         trainer.fit()
@@ -281,18 +289,20 @@ def for_run(out: Path, algo: str, seed: int, steps: int) -> None:
         trainer.shutdown()
 
 
-def run_for(out: Path, steps: int, seeds: int) -> None:
+def run_for(out: Path, steps: int, seeds: int, slack: int = 0) -> None:
     model = out / "for_model"
     if not (model / "config.json").exists():
         sys.path.insert(0, str(REPO))
         from orchestrator.config import load_config
         from tests.learning_tasks import for_model
         for_model(model, load_config(str(REPO / "configs/for_blocksworld.yaml"), FOR_KEYS).for_)
-    run_seeds(out, "for", list(FOR), steps, seeds, "for/loss")
+    run_seeds(out, "for", list(FOR), steps, seeds, "for/loss", for_tag(slack), ("--slack", str(slack)))
 
 
-def report_for(out: Path) -> dict:
-    """learning_for.md / .png: accuracy and distinct correct plans, FoR vs GRPO, mean ± std over seeds."""
+def report_for(out: Path, slack: int = 0) -> dict:
+    """learning_for[_slackN].md / .png: accuracy and distinct correct plans, FoR vs GRPO, mean ± std over seeds."""
+    prefix = f"for_{for_tag(slack)}_" if slack else "for_"
+    suffix = f"_{for_tag(slack)}" if slack else ""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -308,7 +318,7 @@ def report_for(out: Path) -> dict:
     result = {}
     fig, axes = plt.subplots(1, 3, figsize=(14, 4), dpi=110)
     for algo in FOR:
-        runs = [rows_of(run) for run in sorted((out / "runs").glob(f"for_{algo}_s*"))]
+        runs = [rows_of(run) for run in sorted((out / "runs").glob(f"{prefix}{algo}_s*"))]
         runs = [r for r in runs if any("for/loss" in x for x in r)]
         if not runs:
             continue
@@ -342,14 +352,14 @@ def report_for(out: Path) -> dict:
         return {}
     for ax, title in zip(axes, ["train accuracy (fresh samples)", "distinct correct plans / solved problem",
                                 "held-out accuracy (8 samples)"]):
-        ax.set(xlabel="step", title=f"(d) BlocksWorld: {title}")
+        ax.set(xlabel="step", title=f"(d) BlocksWorld{f', slack {slack}' if slack else ''}: {title}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "learning_for.png")
-    (out / "learning_for.md").write_text("\n".join(lines) + "\n")
+    fig.savefig(out / f"learning_for{suffix}.png")
+    (out / f"learning_for{suffix}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    return {f"for_{a}_{k}": round(v, 4) for a, r in result.items() for k, v in r.items()}
+    return {f"{prefix}{a}_{k}": round(v, 4) for a, r in result.items() for k, v in r.items()}
 
 
 def report_rm(out: Path) -> dict:
@@ -438,7 +448,8 @@ def report(out: Path) -> dict:
     summary.update(report_rm(out))
     for env in AGENT_ENVS:
         summary.update(report_agent(out, env))
-    summary.update(report_for(out))
+    for slack in sorted({0, *(int(p.name.split("_")[1][5:]) for p in (out / "runs").glob("for_slack*_s*"))}):
+        summary.update(report_for(out, slack))
     summary.update(report_retrieval(out))
     print(json.dumps(summary))
     return summary
@@ -453,6 +464,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0, help="agent-run: the seed (internal)")
     ap.add_argument("--env", choices=sorted(AGENT_ENVS), default="code", help="suite (c)'s env")
     ap.add_argument("--pairs", choices=["format", "math"], default="format", help="suite (b)'s preference pairs")
+    ap.add_argument("--slack", type=int, default=0, help="suite (d): actions allowed beyond the optimal plan")
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--val-every", type=int, default=10)
     ap.add_argument("--only", default=",".join(MATH), help="comma-separated algorithms of suite (a)")
@@ -463,12 +475,12 @@ def main() -> int:
         agent_run(a.out, a.env, a.algo, a.seed, a.steps)
         return 0
     if a.suite == "for-run":
-        for_run(a.out, a.algo, a.seed, a.steps)
+        for_run(a.out, a.algo, a.seed, a.steps, a.slack)
         return 0
     if a.suite == "agent":
         run_agent(a.out, a.env, a.steps, a.seeds)
     if a.suite == "for":
-        run_for(a.out, a.steps, a.seeds)
+        run_for(a.out, a.steps, a.seeds, a.slack)
     if a.suite == "retrieval":
         run_retrieval(a.out, a.steps, a.seeds)
     if a.suite == "math":

@@ -28,10 +28,11 @@ the known ones.
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
 import inspect
 from abc import ABC, abstractmethod
 from typing import Any, Callable
+
+from orchestrator.plugins import EntryPoints, Registry
 
 ENTRY_POINT_GROUP = "hyflow.envs"
 
@@ -46,10 +47,6 @@ _BUILTIN_ENVS: dict[str, str] = {
 # below it: an env with held-out tasks tells the two apart by the seed (envs/retrieval/env.py).
 VAL_SEED_BASE = 10**6
 
-_ENVS: dict[str, Callable[..., "TextEnv"]] = {}
-_loaded_entry_points: set[tuple[str, str]] = set()
-_loading = False  # a plug-in that looks names up while being imported must not recurse
-_scanned = False
 
 
 class TextEnv(ABC):
@@ -73,65 +70,39 @@ class TextEnv(ABC):
         self.close()
 
 
+def _check_factory(name: str, factory) -> None:
+    if not callable(factory):
+        raise TypeError(f"env {name!r} must be a TextEnv subclass or a factory, got {type(factory).__name__}")
+
+
+def _adopt(name: str, obj) -> bool:
+    """An entry point that is a TextEnv subclass registers under the entry point's name."""
+    if inspect.isclass(obj) and issubclass(obj, TextEnv):
+        register_env(name)(obj)
+        return True
+    return False
+
+
+_PLUGINS = EntryPoints(ENTRY_POINT_GROUP, "hyflow env plug-in")
+_PLUGINS.adopt = _adopt
+_ENVS = Registry("env", _PLUGINS, _check_factory)
+
+
 def register_env(name: str) -> Callable[[Callable[..., TextEnv]], Callable[..., TextEnv]]:
     """Decorator: register a TextEnv subclass (or a factory returning one) as `name`."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"env name must be a non-empty string, got {name!r}")
-
-    def decorator(factory: Callable[..., TextEnv]) -> Callable[..., TextEnv]:
-        if not callable(factory):
-            raise TypeError(f"env {name!r} must be a TextEnv subclass or a factory, "
-                            f"got {type(factory).__name__}")
-        existing = _ENVS.get(name)
-        if existing is not None and existing is not factory:
-            raise ValueError(f"env {name!r} is already registered to "
-                             f"{getattr(existing, '__module__', '?')}."
-                             f"{getattr(existing, '__qualname__', existing)}")
-        _ENVS[name] = factory
-        return factory
-
-    return decorator
+    return _ENVS.register(name)
 
 
 def load_plugins() -> None:
     """Load every not-yet-loaded entry point of group ``hyflow.envs``."""
-    global _loading, _scanned
-    if _loading:
-        return
-    _loading = True
-    try:
-        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-            key = (ep.name, ep.value)
-            if key in _loaded_entry_points:
-                continue
-            try:
-                obj = ep.load()
-                registered = any(obj is f for f in _ENVS.values())
-                if inspect.isclass(obj) and issubclass(obj, TextEnv):
-                    if not registered:
-                        register_env(ep.name)(obj)
-                elif not inspect.ismodule(obj) and callable(obj) and not registered:
-                    obj()
-            except Exception as e:  # any failure inside a plug-in is reported against its name
-                raise ImportError(f"hyflow env plug-in entry point {ep.name!r} = {ep.value!r} "
-                                  f"(group {ENTRY_POINT_GROUP!r}) failed to load: "
-                                  f"{type(e).__name__}: {e}") from e
-            _loaded_entry_points.add(key)
-        _scanned = True
-    finally:
-        _loading = False
+    _PLUGINS.load()
 
 
 def get_env(name: str) -> Callable[..., TextEnv]:
     """The factory registered as `name`; KeyError listing the known names otherwise."""
-    if name not in _ENVS and name in _BUILTIN_ENVS:
+    if name not in _ENVS.table and name in _BUILTIN_ENVS:
         importlib.import_module(_BUILTIN_ENVS[name])
-    if not _scanned or name not in _ENVS:
-        load_plugins()  # first lookup, or a miss: a plug-in installed since may provide it
-    try:
-        return _ENVS[name]
-    except KeyError:
-        raise KeyError(f"unknown env {name!r}; registered: {list_envs()}") from None
+    return _ENVS.get(name, known=list_envs)
 
 
 def make_env(name: str, **kwargs) -> TextEnv:
@@ -144,5 +115,4 @@ def make_env(name: str, **kwargs) -> TextEnv:
 
 def list_envs() -> list[str]:
     """Sorted names of all envs: built-ins (imported or not) and plug-ins."""
-    load_plugins()
-    return sorted(set(_ENVS) | set(_BUILTIN_ENVS))
+    return sorted(set(_ENVS.names()) | set(_BUILTIN_ENVS))
