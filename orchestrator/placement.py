@@ -109,7 +109,7 @@ def build_workers(cfg: Config, model_path: str, tokenizer, with_critic: bool = F
     pool = ResourcePool(a.world_size, cpus_per_bundle=a.cpus_per_worker, gpus_per_bundle=gpus,
                         strategy=res.strategy, name="hybrid")
     nodes = len(set(pool.bundle_nodes()))
-    log.info("placement: %d bundles on %d node(s), %s: %s", pool.n_bundles, nodes, res.strategy, pool.layout())
+    log.info("placement: %d bundle(s) on %d node(s), %s: %s", pool.n_bundles, nodes, res.strategy, pool.layout())
     if res.nnodes is not None and nodes != res.nnodes:
         log.warning("placement: resources.nnodes=%d but Ray placed the %d bundles on %d node(s) (strategy %s); "
                     "use STRICT_SPREAD / STRICT_PACK to make Ray keep to a layout", res.nnodes, pool.n_bundles,

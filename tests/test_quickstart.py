@@ -1,4 +1,4 @@
-"""End to end: the quickstart recipe (embedded model, vLLM, 2 FSDP2 ranks) for 2 steps via the CLI."""
+"""End to end: the quickstart recipe (embedded model, vLLM, one 2-thread FSDP2 rank) for 2 steps via the CLI."""
 from __future__ import annotations
 
 import json
@@ -58,7 +58,7 @@ def test_summary_counts_the_run(quickstart_run):
     train = [r for r in rows if "reward/mean" in r]
     assert s["steps"] == 2 and s["samples"] == 2 * 4 * 2  # steps x prompts x samples per prompt
     assert s["wall_s"] == pytest.approx(sum(r["timing/step_s"] for r in train))
-    assert s["cpu_hours_reserved"] == pytest.approx(2 * s["wall_s"] / 3600)  # 2 ranks x 1 CPU held
+    assert s["cpu_hours_reserved"] == pytest.approx(2 * s["wall_s"] / 3600)  # 1 rank x 2 CPUs held
     assert 0 < s["cpu_hours_busy"] <= s["cpu_hours_reserved"]
     assert s["tokens_generated"] == sum(r["cost/tokens_generated"] for r in train)
     assert "summary: 2 steps" in proc.stderr
