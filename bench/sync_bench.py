@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     init_ray(num_cpus=4, object_store_mb=1024)
     pool = ResourcePool(args.ranks, cpus_per_bundle=1.0, name="sync-bench")
     trainer = WorkerGroup(pool, {"actor": (BenchActor, dict(model_path=model, actor_cfg=vars(a)))},
-                          name="bench-trainer", num_cpus_per_worker=0.4)
+                          name="bench-trainer", num_cpus_per_worker=0.4)  # + the engines' 0.6: bundle 0's one CPU
     engine_kw = dict(max_model_len=512, kv_cache_gb=0.25)
     full = "merge" if a.lora_rank else "full"
     paths = {f"{full}, shm": {}, f"{full}, object store": {}}
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     rollouts = {name: WorkerGroup(pool, RolloutWorker, dict(model_path=model, engine="vllm",
                                                             engine_kwargs={**engine_kw, **extra},
                                                             pad_token_id=tok.pad_token_id or 0),
-                                  name=f"bench-{i}", num_cpus_per_worker=0.3, bundle_indices=[0])
+                                  name=f"bench-{i}", num_cpus_per_worker=0.6 / len(paths), bundle_indices=[0])
                 for i, (name, extra) in enumerate(paths.items())}
     t0 = time.time()
     pending = [g.submit("setup") for g in rollouts.values()]
