@@ -285,9 +285,17 @@ def make_task(cfg, tokenizer, sampling_meta, train: bool = True, helpers=None, r
     return PromptTask(cfg, tokenizer, sampling_meta, reward_model=reward_model)
 
 
-def sampling_meta(rollout_cfg, eos_token_id: int, prompt_ids, seed: int, greedy: bool = False) -> dict:
-    """The rollout worker's sampling options for one generate call (greedy for validation)."""
+RUN_SEEDS = 10**9  # run seed r (trainer.seed) shifts every call's sampling seed by r * RUN_SEEDS
+
+
+def sampling_meta(rollout_cfg, eos_token_id: int, prompt_ids, seed: int, greedy: bool = False,
+                  run_seed: int = 0) -> dict:
+    """The rollout worker's sampling options for one generate call (greedy for validation).
+    `seed` numbers the call inside a run (the step, or the step's turn); `run_seed` (trainer.seed)
+    gives each run its own streams, so two seeds of one recipe do not draw the same samples from
+    the same weights (run seed 0 keeps the streams of runs made before it existed)."""
     r = rollout_cfg
     return {"max_new_tokens": r.max_new_tokens, "temperature": 0.0 if greedy else r.temperature,
-            "top_p": 1.0 if greedy else r.top_p, "top_k": -1 if greedy else r.top_k, "seed": seed,
+            "top_p": 1.0 if greedy else r.top_p, "top_k": -1 if greedy else r.top_k,
+            "seed": seed + run_seed * RUN_SEEDS,
             "stop_token_ids": [eos_token_id], "prompt_width": max(len(p) for p in prompt_ids)}

@@ -47,7 +47,8 @@ class Trainer:
         self.model_path = resolve_model_path(cfg.model.path)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.advantage = algorithms.get_advantage_estimator(cfg.algorithm.advantage)
-        self.sampling_meta = partial(sampling_meta, cfg.rollout, self.tokenizer.eos_token_id)
+        self.sampling_meta = partial(sampling_meta, cfg.rollout, self.tokenizer.eos_token_id,
+                                     run_seed=cfg.trainer.seed)
         self.build()
         self.metrics = MetricsLog(self.run_dir, keep_through_step=keep_rows, loggers=cfg.trainer.loggers,
                                   experiment=cfg.trainer.experiment_name, config=to_dict(cfg))

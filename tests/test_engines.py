@@ -9,11 +9,13 @@ temperature 1.5) into the engine through the weight update path, then restore th
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 import tests.tiny as tiny
+from orchestrator.tasks import RUN_SEEDS, sampling_meta
 from workers.engines import SamplingSpec, make_engine
 
 TOL = 1e-4
@@ -129,6 +131,12 @@ def check_sampling(engine, ref):
     assert [o.token_ids for o in again] == [o.token_ids for o in outs]
     other = engine.generate(prompts, SamplingSpec(max_new_tokens=12, temperature=1.5, top_k=20, seed=8))
     assert [o.token_ids for o in other] != [o.token_ids for o in outs]
+    # Run seed 1 of the same call (orchestrator.tasks.sampling_meta) draws its own samples.
+    shifted = sampling_meta(SimpleNamespace(max_new_tokens=12, temperature=1.5, top_p=1.0, top_k=20), 2, prompts,
+                            seed=7, run_seed=1)["seed"]
+    assert shifted == 7 + RUN_SEEDS
+    run1 = engine.generate(prompts, SamplingSpec(max_new_tokens=12, temperature=1.5, top_k=20, seed=shifted))
+    assert [o.token_ids for o in run1] != [o.token_ids for o in outs]
 
 
 def check_stop(engine, ref):
