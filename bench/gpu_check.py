@@ -13,7 +13,11 @@ embedded SmolLM2's architecture (`--size 0.5b`: hidden 1024, 24 layers, GQA 16/4
 2. prefix packing (workers/prefix_pack.py) on the device: packed vs unpacked log-probs;
 3. the shared-memory weight sync into an in-process HF engine on the device: the backend writes its
    rows into the buffer, the engine loads it, every fingerprint checked; against a host-to-device
-   copy of the same bytes.
+   copy of the same bytes;
+4. the IPC weight sync (`weight_sync.transport: ipc`, workers/ipc_weights.py) into an HF engine in a
+   second process: the backend's buckets gathered on the device, handed over as CUDA IPC handles,
+   every fingerprint checked; against a device-to-device copy of the same bytes;
+5. the Ray-free tests marked `gpu` (tests/test_ipc_weights.py), as `gpu_tests` in the line.
 Prints one JSON line of figures and ratios (and writes it to $OUT/gpu_check.json when OUT is set).
 """
 from __future__ import annotations
@@ -134,6 +138,8 @@ def main() -> None:
         res["bf16_train_speedup"] = round(res["train_s_float32"] / res["train_s_bfloat16"], 3)
         res |= packing_check(be, a.device)
         res |= sync_check(be, model_path, a.device)
+        res |= ipc_check(be, model_path, a.device)
+    res["gpu_tests"] = gpu_tests()
     res["wall_s"] = round(time.perf_counter() - t_all, 1)
     line = json.dumps(res)
     if os.environ.get("OUT"):
@@ -195,6 +201,79 @@ def sync_check(be, model_path: str, device: str) -> dict:
         remove_buffer(layout)
     return {"sync_s": round(t, 4), "sync_bytes": layout.nbytes, "h2d_copy_s": round(h2d, 4),
             "sync_vs_h2d": round(t / h2d, 2), "sync_fingerprints_checked": n, "sync_worst_rel_err": worst}
+
+
+def _ipc_engine(model_path: str, device: str, dtype: str, inbox, outbox) -> None:
+    """The engine process of ipc_check: load each sync's buckets by handle, ack each, report."""
+    from workers.engines.base import UpdateLedger, weight_report
+    from workers.engines.hf_engine import HFEngine
+    from workers.ipc_weights import open_bucket
+    engine = HFEngine(model_path, dtype=dtype, device=device)
+    outbox.put("ready")
+    while (msg := inbox.get()) is not None:
+        ledger = UpdateLedger(engine.weight_dtype)
+        engine.begin_weight_update()
+        while (bucket := inbox.get()) != "end":
+            views = open_bucket(*bucket)
+            engine.load_weights(views)
+            ledger.add(views)
+            del views
+            if device == "cuda":
+                torch.cuda.synchronize()
+            outbox.put("loaded")
+        engine.finish_weight_update()
+        outbox.put(weight_report(engine, ledger, True))
+
+
+def ipc_check(be, model_path: str, device: str, bucket_mb: int = 256) -> dict:
+    """The IPC sync from the (bf16) backend into an HF engine in another process, as push_buckets
+    does it: gather a bucket on the device, pack, send the handle, wait for the load, next."""
+    import torch.multiprocessing as mp
+
+    from workers.ipc_weights import pack_bucket, share
+    from workers.weight_sync import check_weight_reports
+    ctx = mp.get_context("spawn")
+    inbox, outbox = ctx.Queue(), ctx.Queue()
+    proc = ctx.Process(target=_ipc_engine, args=(model_path, device, "bfloat16", inbox, outbox), daemon=True)
+    proc.start()
+    try:
+        assert outbox.get(timeout=300) == "ready"
+        times, nbytes, report = [], 0, None
+        for _ in range(3):
+            t0 = time.perf_counter()
+            inbox.put("sync")
+            nbytes = 0
+            for bucket in be.iter_param_buckets(bucket_mb * 2**20, device=device):
+                flat, meta = pack_bucket(bucket)
+                inbox.put((share(flat), meta))
+                assert outbox.get(timeout=300) == "loaded"
+                nbytes += flat.numel()
+                del flat
+            inbox.put("end")
+            report = outbox.get(timeout=300)
+            times.append(time.perf_counter() - t0)
+        inbox.put(None)
+    finally:
+        proc.join(timeout=60)
+        if proc.is_alive():
+            proc.kill()
+    worst, _, n = check_weight_reports([report])
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device).fill_(1)
+    dst = torch.empty_like(src)
+    d2d = timed(lambda: dst.copy_(src), 3)
+    t = statistics.median(times)
+    return {"ipc_sync_s": round(t, 4), "ipc_sync_bytes": nbytes, "d2d_copy_s": round(d2d, 5),
+            "ipc_sync_vs_d2d": round(t / d2d, 2), "ipc_fingerprints_checked": n, "ipc_worst_rel_err": worst}
+
+
+def gpu_tests() -> str:
+    """The Ray-free tests marked gpu, with this python; their summary line ("2 passed in 9.1s")."""
+    import subprocess
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
+                          "tests/test_ipc_weights.py"], cwd=repo, capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in out.stdout.splitlines() if ln.strip()]
+    return lines[-1] if lines else f"pytest exited {out.returncode}: {out.stderr[-300:]}"
 
 
 if __name__ == "__main__":

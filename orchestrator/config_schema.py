@@ -273,10 +273,10 @@ class WeightSyncConfig:
     probe_tokens: int = _f(32, "tokens in the verification probe")
     lora_mode: Literal["merge", "adapter"] = _f(
         "merge", "LoRA runs: sync merged full weights, or only the adapter (the engine serves it as a LoRA)")
-    transport: Literal["auto", "shm", "object_store"] = _f(
+    transport: Literal["auto", "shm", "object_store", "ipc"] = _f(
         "auto", "shm: the trainer ranks write their shards into one shared-memory buffer the engines load from "
-                "(one node, full or merged weights); object_store: gather, then Ray's object store; auto: shm "
-                "when it applies")
+                "(one node, full or merged weights); object_store: gather, then Ray's object store; ipc (CUDA, "
+                "one node): gather on the GPU, the engines load through CUDA IPC handles; auto: shm when it applies")
 
     def validate(self) -> None:
         _check(self.bucket_mb > 0, "weight_sync.bucket_mb", f"must be > 0, got {self.bucket_mb}")

@@ -158,7 +158,7 @@ def build_workers(cfg: Config, model_path: str, tokenizer, with_critic: bool = F
     prompt_ids = tokenizer(PROBE_TEXT.split("Answer:")[0] + "Answer:")["input_ids"]
     full = tokenizer(PROBE_TEXT)["input_ids"][:len(prompt_ids) + cfg.weight_sync.probe_tokens]
     probe = make_probe(prompt_ids, full[len(prompt_ids):], tokenizer.pad_token_id or 0)
-    sync = make_weight_sync(cfg, actor, rollout, probe, sync_mode, one_node=nodes == 1)
+    sync = make_weight_sync(cfg, actor, rollout, probe, sync_mode, one_node=nodes == 1, on_gpu=gpus > 0)
     # Engine and trainer start from the same checkpoint: prove it before step 1 (absolute probe
     # check); an engine in another dtype than the trainer only records its probe baseline.
     sync.check() if cfg.rollout.dtype == cfg.model.dtype else sync.baseline()
@@ -173,11 +173,19 @@ def build_workers(cfg: Config, model_path: str, tokenizer, with_critic: bool = F
                    [rm_pool] if rm_pool else [])
 
 
-def make_weight_sync(cfg: Config, actor, rollout, probe, mode: str, one_node: bool) -> WeightSync:
+def make_weight_sync(cfg: Config, actor, rollout, probe, mode: str, one_node: bool,
+                     on_gpu: bool = False) -> WeightSync:
     """weight_sync.transport: shared memory when every trainer rank and engine is on one node and
-    the payload is full weights (auto falls back to the object store otherwise), else Ray's object store."""
+    the payload is full weights (auto falls back to the object store otherwise), CUDA IPC handles
+    when asked for (GPUs, one node), else Ray's object store."""
     w = cfg.weight_sync
     kw = dict(verify=w.verify, tolerance=w.tolerance, mode=mode)
+    if w.transport == "ipc":
+        if not (on_gpu and one_node):
+            raise ValueError("weight_sync.transport=ipc shares CUDA memory: it needs the trainer ranks and the "
+                             f"engines on the GPUs of one node (here: {'GPUs' if on_gpu else 'no GPU'}, "
+                             f"{'one node' if one_node else 'several nodes'}); use auto")
+        return BucketedWeightSync(actor, rollout, int(w.bucket_mb * 2**20), probe, via="ipc", **kw)
     if w.transport == "shm" and not one_node:
         raise ValueError("weight_sync.transport=shm needs the trainer ranks and the engines on one node; Ray placed "
                          "them on several (use auto or object_store)")

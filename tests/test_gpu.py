@@ -34,8 +34,10 @@ def test_cuda_vllm_in_place_update_matches_hf(tiny_model_dir, tmp_path):
     engine.shutdown()
 
 
-def test_cuda_slice_one_step(ray_cluster, tiny_model_dir, tmp_path):
-    """The whole slice on one GPU: FSDP2 on NCCL (world size 1), CUDA vLLM, verified sync."""
+@pytest.mark.parametrize("transport", ["auto", "ipc"])
+def test_cuda_slice_one_step(ray_cluster, tiny_model_dir, tmp_path, transport):
+    """The whole slice on one GPU: FSDP2 on NCCL (world size 1), CUDA vLLM, verified sync (through
+    the object store, or by CUDA IPC handles to buckets on the trainer's GPU)."""
     from orchestrator.config import load_config
     from orchestrator.trainer import Trainer
 
@@ -43,7 +45,7 @@ def test_cuda_slice_one_step(ray_cluster, tiny_model_dir, tmp_path):
         f"model.path={tiny_model_dir}", "trainer.total_steps=1", f"trainer.output_dir={tmp_path}",
         "actor.world_size=1", "data.batch_size=2", "rollout.n=2", "rollout.max_new_tokens=16",
         "data.val_size=0", "rollout.gpu_memory_utilization=0.2", "trainer.progress=false",
-        "weight_sync.tolerance=1e-2"])
+        "weight_sync.tolerance=1e-2", f"weight_sync.transport={transport}"])
     trainer = Trainer(cfg)
     try:
         row = trainer.fit()

@@ -112,11 +112,14 @@ class ActorWorker(Worker):
 
     # ------------------------------------------------------------------ weights
     @register(dispatch=Dispatch.ONE_TO_ALL)
-    def push_weights(self, rollout_actors: list, bucket_bytes: int) -> dict:
+    def push_weights(self, rollout_actors: list, bucket_bytes: int, via: str = "object_store") -> dict:
         """Collective: gather full tensors bucket by bucket; rank 0 ships each bucket to every
-        rollout replica through the object store (one copy, read by all) and waits, within the
-        sync deadline, for it to be loaded before gathering the next (workers/weight_sync.py)."""
-        return push_buckets(self.backend.iter_param_buckets(bucket_bytes), self.rank, rollout_actors)
+        rollout replica through the object store (one copy, read by all) or, `via` "ipc", as a
+        handle to the bucket on its device, and waits, within the sync deadline, for it to be
+        loaded before gathering the next (workers/weight_sync.py)."""
+        device = self.backend.device if via == "ipc" else "cpu"
+        return push_buckets(self.backend.iter_param_buckets(bucket_bytes, device=device), self.rank,
+                            rollout_actors, via=via)
 
     @register(dispatch=Dispatch.ONE_TO_ALL)
     def write_shared(self, layout) -> dict:

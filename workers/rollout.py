@@ -81,6 +81,18 @@ class RolloutWorker(Worker):
             self._ledger.add(named_tensors, skip=is_lora_name)
         return len(named_tensors)
 
+    def load_ipc(self, handle: tuple, meta: list) -> int:
+        """One bucket by handle (workers/ipc_weights.py): map the trainer's buffer, load from views
+        of it (checks and fingerprints as for load_weights), drop the mapping before returning."""
+        from workers.ipc_weights import open_bucket
+        views = open_bucket(handle, meta)
+        try:
+            return self.load_weights(views)
+        finally:
+            if any(v.is_cuda for v in views.values()):
+                torch.cuda.synchronize()  # the copies out of the trainer's memory are done
+            del views
+
     # Same-node sync (workers/shared_weights.py): the trainer ranks write one shared buffer, every
     # replica loads from views of it, in one call (checks and fingerprints as for load_weights).
     @register(dispatch=Dispatch.ONE_TO_ALL, execute=Execute.RANK_ZERO)

@@ -10,6 +10,12 @@ FSDP shards into full tensors one bucket at a time (a collective), rank 0 puts e
 the Ray object store once and every replica loads it in the engine's own layout; the replicas
 close the update (repack); then the sync is verified.
 
+Transports: `BucketedWeightSync` sends each bucket through Ray's object store (`via`
+"object_store"), or, on CUDA with the engines on the trainer's GPUs, as an IPC handle to a buffer
+on trainer rank 0's device (`via` "ipc", config `weight_sync.transport: ipc`, workers/ipc_weights.py:
+the bytes stay on the device; verified by the tests marked `gpu`); `SharedMemoryWeightSync` has the
+ranks write one shared-memory buffer on the node (workers/shared_weights.py).
+
 Modes (`mode`, config `weight_sync.lora_mode` for LoRA runs; the trainer backend is built with the
 matching `lora_sync`, which decides what its `iter_param_buckets` yields):
 - "full": a model without LoRA, all weights;
@@ -80,11 +86,13 @@ class WeightSyncError(RuntimeError):
 PUSH_GRACE_S = 5.0  # the driver's extra wait for the push beyond the sync deadline (see the docstring)
 
 
-def push_buckets(buckets, rank: int, rollout_actors: list, timeout_s: float | None = None) -> dict:
+def push_buckets(buckets, rank: int, rollout_actors: list, timeout_s: float | None = None,
+                 via: str = "object_store") -> dict:
     """The trainer ranks' side of a sync (`ActorWorker.push_weights`): every rank walks the buckets
-    (gathering them is a collective); rank 0 puts each bucket once in the object store and waits
-    for every replica to load it before gathering the next, so no rank holds more than one bucket
-    beyond its shard. Rank 0 waits at most `timeout_s` for the whole push (default: the sync
+    (gathering them is a collective); rank 0 puts each bucket once in the object store (`via`
+    "object_store"), or packs it on its device and sends a handle to it (`via` "ipc",
+    workers/ipc_weights.py), and waits for every replica to load it before gathering the next, so
+    no rank holds more than one bucket beyond its shard. Rank 0 waits at most `timeout_s` for the whole push (default: the sync
     deadline its group was given, `phase_deadline('sync')`; none: unbounded), then raises a
     TimeoutError naming the phase, the replicas and the bucket. Returns bytes, buckets and times."""
     import ray
@@ -98,8 +106,13 @@ def push_buckets(buckets, rank: int, rollout_actors: list, timeout_s: float | No
         n_buckets += 1
         if rank == 0:
             t1 = time.time()
-            ref = ray.put(bucket)
-            refs = [a.call.remote(SINGLE_ROLE, "load_weights", [ref], {}) for a in rollout_actors]
+            if via == "ipc":
+                from workers.ipc_weights import pack_bucket, share
+                flat, meta = pack_bucket(bucket)  # alive until every replica has loaded from it
+                method, args = "load_ipc", [share(flat), meta]
+            else:
+                method, args = "load_weights", [ray.put(bucket)]
+            refs = [a.call.remote(SINGLE_ROLE, method, args, {}) for a in rollout_actors]
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             _, waiting = ray.wait(refs, num_returns=len(refs), timeout=left)
             if waiting:
@@ -110,6 +123,10 @@ def push_buckets(buckets, rank: int, rollout_actors: list, timeout_s: float | No
             ray.get(refs)  # a load that raised: its error, unchanged
             sent += sum(t.numel() * t.element_size() for t in bucket.values())
             send_s += time.time() - t1
+            if via == "ipc":
+                del flat
+                if torch.cuda.is_available():
+                    torch.cuda.ipc_collect()  # the replicas dropped their mappings: free the buffer now
         del bucket
     total = time.time() - t0
     return {"bytes": sent, "buckets": n_buckets, "seconds": total, "send_s": send_s, "gather_s": total - send_s}
@@ -209,7 +226,11 @@ def check_weight_reports(reports: list[dict]) -> tuple[float, str, int]:
 
 class BucketedWeightSync(WeightSync):
     def __init__(self, actor_group, rollout_group, bucket_bytes: int, probe: Batch,
-                 verify: bool = True, tolerance: float = 1e-3, mode: str = "full", n_probes: int = 4):
+                 verify: bool = True, tolerance: float = 1e-3, mode: str = "full", n_probes: int = 4,
+                 via: str = "object_store"):
+        if via not in ("object_store", "ipc"):
+            raise ValueError(f"bucketed weight sync goes via 'object_store' or 'ipc', got {via!r}")
+        self.via = via
         if mode not in SYNC_MODES:
             raise ValueError(f"weight sync mode must be one of {list(SYNC_MODES)}, got {mode!r}")
         if n_probes < 1:
@@ -255,7 +276,7 @@ class BucketedWeightSync(WeightSync):
 
     def _push(self) -> dict:
         """Trainer -> every replica, inside an open update: bytes, buckets, gather_s, send_s."""
-        push = self.actor.submit("push_weights", self.rollout.actors, self.bucket_bytes)
+        push = self.actor.submit("push_weights", self.rollout.actors, self.bucket_bytes, self.via)
         return push.get(timeout_s=push.timeout_s + PUSH_GRACE_S)[0]
 
     # ---- probes -----------------------------------------------------------------------------

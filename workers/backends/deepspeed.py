@@ -143,7 +143,7 @@ class DeepSpeedBackend(DataParallelBackend):
         return out
 
     # ------------------------------------------------------------ weight sync
-    def _gather_named(self, bucket_bytes: int, lora_only: bool) -> Iterator[tuple[str, torch.Tensor]]:
+    def _gather_named(self, bucket_bytes: int, lora_only: bool, device="cpu") -> Iterator[tuple[str, torch.Tensor]]:
         """ZeRO-1/2 hold full parameters on every rank: plain copies. ZeRO-3 partitions them: each
         group of parameters up to ~bucket_bytes is gathered in one `GatheredParameters` (a
         collective), copied out, and released before the next group."""
@@ -168,12 +168,12 @@ class DeepSpeedBackend(DataParallelBackend):
         for group in groups:
             partitioned = [t for _, t, _ in group if hasattr(t, "ds_id")]
             with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None, enabled=bool(partitioned)):
-                copies = [(n, self._cpu_copy(t)) for n, t, _ in group]
+                copies = [(n, self._copy(t, device)) for n, t, _ in group]
             yield from copies
 
-    def _cpu_copy(self, t: torch.Tensor) -> torch.Tensor:
+    def _copy(self, t: torch.Tensor, device="cpu") -> torch.Tensor:
         dtype = self.dtype if t.is_floating_point() else t.dtype
-        return t.detach().to("cpu", dtype, copy=True)
+        return t.detach().to(device, dtype, copy=True)
 
     # ------------------------------------------------------------ checkpoints
     def save(self, path: str, with_optimizer: bool = True) -> None:

@@ -220,13 +220,15 @@ class DataParallelBackend(TrainingBackend):
             group["lr"] = lr
 
     # ------------------------------------------------------------ weight sync
-    def _gather_named(self, bucket_bytes: int, lora_only: bool) -> Iterator[tuple[str, torch.Tensor]]:
-        """(model name, full detached CPU tensor) in state-dict order, a tied weight once under its
-        first name; gathered lazily (collective: every rank runs it to the end)."""
+    def _gather_named(self, bucket_bytes: int, lora_only: bool, device="cpu") -> Iterator[tuple[str, torch.Tensor]]:
+        """(model name, full detached tensor on `device`) in state-dict order, a tied weight once
+        under its first name; gathered lazily (collective: every rank runs it to the end)."""
         raise NotImplementedError
 
-    def iter_param_buckets(self, bucket_bytes: int, payload: str | None = None) -> Iterator[dict[str, torch.Tensor]]:
-        """The weights an engine needs, bucket by bucket (dicts of detached CPU tensors).
+    def iter_param_buckets(self, bucket_bytes: int, payload: str | None = None,
+                           device="cpu") -> Iterator[dict[str, torch.Tensor]]:
+        """The weights an engine needs, bucket by bucket (dicts of detached tensors on `device`: the
+        CPU for the object store, the backend's own device for an IPC handle).
 
         payload "full" (default without LoRA or with lora_sync="merge"): full HF-named weights, LoRA
         merged in; "adapter" (default with lora_sync="adapter"): only the LoRA tensors, under peft
@@ -242,9 +244,9 @@ class DataParallelBackend(TrainingBackend):
         if payload == "adapter":
             if self.lora is None:
                 raise ValueError("payload 'adapter' needs a LoRA backend (lora_rank > 0)")
-            named = ((adapter_name(n), t) for n, t in self._gather_named(bucket_bytes, lora_only=True))
+            named = ((adapter_name(n), t) for n, t in self._gather_named(bucket_bytes, True, device))
         elif payload == "full":
-            named = self._gather_named(bucket_bytes, lora_only=False)
+            named = self._gather_named(bucket_bytes, False, device)
             if self.lora is not None:
                 named = merge_lora(named, self.lora.scaling)
         else:
@@ -419,13 +421,13 @@ class FSDPBackend(DataParallelBackend):
             else:
                 yield _row_share(name, t.full_tensor().detach(), self.rank, self.world_size)
 
-    def _gather_named(self, bucket_bytes: int, lora_only: bool) -> Iterator[tuple[str, torch.Tensor]]:
+    def _gather_named(self, bucket_bytes: int, lora_only: bool, device="cpu") -> Iterator[tuple[str, torch.Tensor]]:
         """Each DTensor all-gathered on its own, when the consumer asks for it (collective)."""
         for name, tensor in _unique_state(self._require_model()):
             if lora_only and not is_lora_name(name):
                 continue
             full = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
-            yield strip_prefixes(name), full.detach().to("cpu", self.dtype if full.is_floating_point() else full.dtype)
+            yield strip_prefixes(name), full.detach().to(device, self.dtype if full.is_floating_point() else full.dtype)
 
     # ------------------------------------------------------------ checkpoints
     def _dcp_state(self, with_optimizer: bool) -> dict:
