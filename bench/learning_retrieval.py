@@ -11,6 +11,11 @@ real BM25 / table retrieval; success = the answer's token recall of the gold is 
   rewards (0.5 cos + 0.5 right KB; the answer's recall), GRPO inside each state's rollouts;
 - grpo: configs/grpo_retrieval.yaml, whole episodes in the kbqa env, the outcome (answer) reward
   only, GRPO over each question's episodes.
+Both start from the same warmed model (`warm_model`): the embedded SmolLM2-135M fine-tuned for
+WARM_STEPS supervised steps on the gold step responses (`envs.retrieval.task.gold_response`) of the
+first WARM_QUESTIONS training questions. Unwarmed, the 135M model never writes the tags (step reward
+0.000 over every sample of the first step, held-out success 0.003), so neither method has a signal;
+R1-Router starts from a 7B instruct model that follows the format.
 Equal steps; per step Step-GRPO samples 8 states x 4 = 32 responses, GRPO 2 questions x 4 episodes
 of up to 6 turns (the table reports the responses each side generated). The GRPO run's own
 validation gives the held-out success before (step 0, the embedded model) and after; the Step-GRPO
@@ -45,14 +50,55 @@ def _call(args: list[str], log: Path, stdout: Path | None = None) -> int:
             return subprocess.call(args, cwd=REPO, stdout=out, stderr=err, env=env)
 
 
+WARM_QUESTIONS, WARM_STEPS, WARM_LR, WARM_BATCH = 64, 40, 3e-5, 8
+
+
+def warm_model(out: Path) -> str:
+    """The embedded model after WARM_STEPS AdamW steps of cross-entropy on gold step responses (the
+    response only) of the first WARM_QUESTIONS training questions' step states: the format, and
+    what a gold step looks like; made once (out/warm_model), reused by every run."""
+    import random
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from envs.retrieval.task import build_prompt, gold_response, split_examples, step_states
+    from orchestrator.data import encode_prompt
+    from orchestrator.model_prep import resolve_model_path
+    from tests.learning_tasks import fit
+    folder = out / "warm_model"
+    if (folder / "warmed.json").exists():
+        return str(folder)
+    shutil.copytree(resolve_model_path("smollm2-135m-instruct"), folder, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("hyflow_manifest.json"))  # the weights change
+    tok = AutoTokenizer.from_pretrained(folder)
+    train, _ = split_examples(400, 0, 32)
+    pairs = [(encode_prompt(tok, build_prompt(st), True),
+              tok(gold_response(st), add_special_tokens=False)["input_ids"] + [tok.eos_token_id])
+             for ex in train[:WARM_QUESTIONS] for st in step_states(ex)]
+    rng = random.Random(0)
+
+    def batch():
+        chosen = [rng.choice(pairs) for _ in range(WARM_BATCH)]
+        return [p for p, _ in chosen], [a for _, a in chosen]
+    print(f"[learning] warming the embedded model: {WARM_STEPS} steps on {len(pairs)} gold steps", flush=True)
+    fit(str(folder), batch, WARM_STEPS, lr=WARM_LR)
+    (folder / "warmed.json").write_text(json.dumps({"questions": WARM_QUESTIONS, "steps": WARM_STEPS, "lr": WARM_LR,
+                                                    "batch": WARM_BATCH, "pairs": len(pairs)}) + "\n")
+    return str(folder)
+
+
 def run_retrieval(out: Path, steps: int, seeds: int) -> None:
-    """Train each (seed, side) to `steps` (skipping finished runs), then eval Step-GRPO's checkpoint."""
+    """Warm the model, train each (seed, side) to `steps` from it (skipping finished runs), then
+    eval Step-GRPO's checkpoint."""
+    model = warm_model(out)
     for seed in range(seeds):
         for side, recipe in RECIPES.items():
             name = f"retrieval_{side}_s{seed}"
             run = out / "runs" / name
             if not any(r.get("step") == steps and "timing/step_s" in r for r in _rows(run)):
-                _call([sys.executable, "-m", "orchestrator.cli", "train", recipe, f"trainer.total_steps={steps}",
+                _call([sys.executable, "-m", "orchestrator.cli", "train", recipe, f"model.path={model}",
+                       f"trainer.total_steps={steps}",
                        f"trainer.output_dir={run}", f"trainer.experiment_name={name}", f"trainer.seed={seed}",
                        f"env.seed={1000 * seed}", f"trainer.val_every={steps}", f"trainer.save_every={steps}",
                        "trainer.keep_last=1", "trainer.progress=false", "trainer.overwrite=true"], out / f"{name}.log")

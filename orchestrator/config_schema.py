@@ -116,6 +116,10 @@ class ActorConfig:
     ppo_epochs: int = _f(1, "passes over each rollout batch")
     mini_batch_size: int = _f(0, "samples per optimizer step, over all ranks (0 = the whole batch)")
     micro_batch_size: int = _f(4, "samples per forward/backward pass on each rank (gradient accumulation)")
+    max_tokens_per_micro_batch: Optional[int] = _f(
+        None, "also cap each forward/backward at this many padded tokens (rows x longest sequence; a longer "
+              "sequence alone), so long prompts or agent turns do not multiply its memory (verl's "
+              "ppo_max_token_len_per_gpu); null = rows only")
     clip_ratio_low: float = _f(0.2, "PPO ratio clip below: ratio >= 1 - clip_ratio_low")
     clip_ratio_high: float = _f(0.2, "PPO ratio clip above: ratio <= 1 + clip_ratio_high")
     dual_clip: Optional[float] = _f(3.0, "dual-clip bound c (> 1) on the loss for negative advantages (null = off)")
@@ -143,6 +147,8 @@ class ActorConfig:
         _check(self.ppo_epochs >= 1, "actor.ppo_epochs", f"must be >= 1, got {self.ppo_epochs}")
         _check(self.mini_batch_size >= 0, "actor.mini_batch_size", f"must be >= 0, got {self.mini_batch_size}")
         _check(self.micro_batch_size >= 1, "actor.micro_batch_size", f"must be >= 1, got {self.micro_batch_size}")
+        _check(self.max_tokens_per_micro_batch is None or self.max_tokens_per_micro_batch >= 1,
+               "actor.max_tokens_per_micro_batch", f"must be >= 1 or null, got {self.max_tokens_per_micro_batch}")
         _check(0 <= self.clip_ratio_low < 1, "actor.clip_ratio_low", f"must be in [0, 1), got {self.clip_ratio_low}")
         _check(self.clip_ratio_high >= 0, "actor.clip_ratio_high", f"must be >= 0, got {self.clip_ratio_high}")
         if self.dual_clip is not None:
@@ -192,6 +198,8 @@ class CriticConfig:
     ppo_epochs: int = _f(1, "critic passes over each batch")
     mini_batch_size: int = _f(0, "samples per critic optimizer step over all ranks (0 = whole batch)")
     micro_batch_size: int = _f(4, "samples per critic forward/backward on each rank")
+    max_tokens_per_micro_batch: Optional[int] = _f(
+        None, "also cap each critic forward/backward at this many padded tokens (see actor.*); null = rows only")
     cliprange_value: Optional[float] = _f(0.5, "value clipping around the old values (null = off)")
     loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"] = _f(
         "token-mean", "how per-token value losses are reduced")
@@ -200,6 +208,8 @@ class CriticConfig:
     def validate(self) -> None:
         _check(self.lr >= 0, "critic.lr", f"must be >= 0, got {self.lr}")
         _check(self.micro_batch_size >= 1, "critic.micro_batch_size", f"must be >= 1, got {self.micro_batch_size}")
+        _check(self.max_tokens_per_micro_batch is None or self.max_tokens_per_micro_batch >= 1,
+               "critic.max_tokens_per_micro_batch", f"must be >= 1 or null, got {self.max_tokens_per_micro_batch}")
         _check(self.ppo_epochs >= 1, "critic.ppo_epochs", f"must be >= 1, got {self.ppo_epochs}")
 
 

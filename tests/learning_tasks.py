@@ -46,7 +46,7 @@ def digit_model(out: Path, steps: int = 80, seed: int = 0) -> str:
         answers = [[digit_ids[d] for d in torch.randint(10, (4,), generator=g).tolist()] + [tok.eos_token_id]
                    for _ in rows]
         return [prompts[r] for r in rows], answers
-    return _fit(path, batch, steps)
+    return fit(path, batch, steps)
 
 
 def for_model(out: Path, for_cfg, steps: int = 60, seed: int = 0) -> str:
@@ -80,10 +80,10 @@ def for_model(out: Path, for_cfg, steps: int = 60, seed: int = 0) -> str:
         chosen = [rng.choice(pairs) for _ in range(16)]
         return ([tok(p)["input_ids"] for p, _ in chosen],
                 [tok(a + "\n", add_special_tokens=False)["input_ids"] for _, a in chosen])
-    return _fit(path, batch, steps)
+    return fit(path, batch, steps)
 
 
-def _fit(path: str, batch, steps: int, lr: float = 1e-2) -> str:
+def fit(path: str, batch, steps: int, lr: float = 1e-2) -> str:
     """`steps` AdamW steps of next-token cross-entropy on the answer tokens of `batch()` ->
     (prompt ids, answer ids) lists; saves the model back to `path`."""
     import torch

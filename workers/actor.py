@@ -8,14 +8,13 @@ shares its process with the actor (colocated roles).
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 
 import algorithms
 from algorithms.losses import aggregate, kl_penalty, masked_mean
 from orchestrator.batch import Batch
 from orchestrator.worker_group import Dispatch, Execute, register
 from workers.backends import build_backend
-from workers.backends.base import length_order
+from workers.backends.base import length_order, micro_batches as split_micro
 from workers.base import Worker
 from workers.weight_sync import push_buckets
 
@@ -45,7 +44,8 @@ class ActorWorker(Worker):
         """Log-probs of the response tokens (and their entropy) under the current weights."""
         temperature = batch.meta.get("temperature", 1.0)
         logprobs, entropy = self.backend.forward_logprobs(batch, self.cfg["micro_batch_size"], temperature,
-                                                          with_entropy=batch.meta.get("with_entropy", False))
+                                                          with_entropy=batch.meta.get("with_entropy", False),
+                                                          max_tokens=self.cfg.get("max_tokens_per_micro_batch"))
         out = Batch({"logprobs": logprobs})
         if entropy is not None:
             out["entropy"] = entropy
@@ -74,7 +74,8 @@ class ActorWorker(Worker):
                 global_rows = _all_reduce_sum((mb["response_mask"].sum(-1) > 0).sum().item())
                 # Similar lengths per micro-batch (less padding); the loss is a sum over the
                 # mini-batch, so the grouping does not change the update.
-                micro_batches = mb.select(length_order(mb)).chunks_of(c["micro_batch_size"])
+                micro_batches = split_micro(mb.select(length_order(mb)), c["micro_batch_size"],
+                                            c.get("max_tokens_per_micro_batch"))
 
                 def loss_fn(micro: Batch, logprobs: torch.Tensor, entropy: torch.Tensor):
                     mask = micro["response_mask"].to(logprobs.dtype)
@@ -152,8 +153,5 @@ class ActorWorker(Worker):
 
 
 def _all_reduce_sum(value: float) -> float:
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return value
-    t = torch.tensor([float(value)], dtype=torch.float64)
-    dist.all_reduce(t)
-    return t.item()
+    from workers.dist import all_reduce_scalar
+    return all_reduce_scalar(value, "sum")

@@ -20,7 +20,7 @@ from orchestrator.batch import Batch
 from orchestrator.worker_group import Dispatch, register
 from workers.actor import SEQ_MEAN, _all_reduce_sum
 from workers.backends import build_backend
-from workers.backends.base import length_order
+from workers.backends.base import length_order, micro_batches as split_micro
 from workers.base import Worker
 
 REQUIRED_CFG = ("lr", "weight_decay", "betas", "grad_clip", "ppo_epochs", "mini_batch_size", "micro_batch_size",
@@ -52,7 +52,8 @@ class CriticWorker(Worker):
     @register(dispatch=Dispatch.DP_SPLIT)
     def compute_values(self, batch: Batch) -> Batch:
         """V(s_t) [B, R] per response position (padding 0) under the current critic weights."""
-        return Batch({"values": self.backend.forward_values(batch, self.cfg["micro_batch_size"])})
+        return Batch({"values": self.backend.forward_values(batch, self.cfg["micro_batch_size"],
+                                                            self.cfg.get("max_tokens_per_micro_batch"))})
 
     @register(dispatch=Dispatch.DP_SPLIT)
     def update(self, batch: Batch) -> Batch:
@@ -80,7 +81,8 @@ class CriticWorker(Worker):
                 global_rows = _all_reduce_sum((mb["response_mask"].sum(-1) > 0).sum().item())
                 if global_tokens == 0:  # same on every rank: all raise, none hangs
                     raise ValueError("critic update: a mini-batch has no response tokens (response_mask all 0)")
-                micro_batches = mb.select(length_order(mb)).chunks_of(c["micro_batch_size"])
+                micro_batches = split_micro(mb.select(length_order(mb)), c["micro_batch_size"],
+                                            c.get("max_tokens_per_micro_batch"))
 
                 def loss_fn(micro: Batch, values: torch.Tensor, _unused):
                     mask = micro["response_mask"]

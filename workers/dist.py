@@ -241,3 +241,14 @@ def destroy() -> None:
     """Leave the process group (no-op when not joined)."""
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def all_reduce_scalar(value: float, op: str = "sum") -> float:
+    """`value` reduced over the ranks ("sum" or "max"; itself without a process group). The tensor
+    lives where the backend can reduce it: the GPU under NCCL, the CPU under gloo."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return value
+    device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+    return t.item()

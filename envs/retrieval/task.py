@@ -414,6 +414,16 @@ def build_prompt(state: StepState, system_prompt: str | None = SYSTEM_PROMPT) ->
     return msgs + [{"role": "user", "content": "\n".join(lines)}]
 
 
+def gold_response(state: StepState) -> str:
+    """The reference answer at `state` in the response format (a short fixed <think>): what a
+    supervised warm-up teaches (bench/learning_retrieval.py), and what scores 1.0 (ans) or
+    0.5 + 0.5 cos(gold, gold) = 1.0 (ret)."""
+    if state.kind == "ans":
+        return f"<think>The previous steps give the answer.</think><answer>{state.answers[0]}</answer>"
+    return (f"<think>One more fact is needed.</think><sub-question>{state.gold_sub_question}</sub-question>"
+            f"<ret>{state.gold_kb}</ret>")
+
+
 # ----------------------------------------------------------------------------- rewards
 
 def score_step(state: StepState, response_text, embedder: Embedder | None = None) -> tuple[float, dict]:

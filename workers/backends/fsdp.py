@@ -39,7 +39,7 @@ from torch.distributed.tensor import DTensor
 
 from orchestrator.batch import Batch
 from workers import dist as hdist
-from workers.backends.base import LossFn, TrainingBackend, length_order
+from workers.backends.base import LossFn, TrainingBackend, length_order, micro_batches
 # response_logprobs / response_values are pure and also imported from here by callers and tests.
 from workers.backends.fsdp_model import (MODEL_KINDS, TOKENIZER_FILES, check_layout, find_layers,  # noqa: F401
                                          load_hf_model, response_logprobs, response_values, strip_prefixes,
@@ -158,12 +158,13 @@ class DataParallelBackend(TrainingBackend):
         return self._forward_module()
 
     # -------------------------------------------------------------- inference
-    def _sorted_forward(self, batch: Batch, micro_batch_size: int, fn) -> list[torch.Tensor]:
+    def _sorted_forward(self, batch: Batch, micro_batch_size: int, fn, max_tokens: int | None = None) -> list[torch.Tensor]:
         """fn(micro_batch) -> tuple of [b, R] tensors, over length-sorted micro-batches (similar
-        lengths share one: less padding computed); outputs on CPU, back in the batch's row order."""
+        lengths share one: less padding computed; at most `max_tokens` padded tokens each, see
+        base.micro_batches); outputs on CPU, back in the batch's row order."""
         check_layout(batch)
         order = length_order(batch)
-        chunks = batch.select(order).chunks_of(micro_batch_size)
+        chunks = micro_batches(batch.select(order), micro_batch_size, max_tokens)
         self._same_on_all_ranks(len(chunks), "number of forward micro-batches")
         outs = [[t.cpu() for t in fn(self._to_device(mb))] for mb in chunks]
         inverse = torch.empty_like(order)
@@ -172,23 +173,24 @@ class DataParallelBackend(TrainingBackend):
 
     @torch.no_grad()
     def forward_logprobs(self, batch: Batch, micro_batch_size: int, temperature: float = 1.0,
-                         with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                         with_entropy: bool = False, max_tokens: int | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Log-probs (and entropy) [B, R] on CPU for this rank's rows, micro-batch by micro-batch.
 
         Collective: every rank must call it with the same number of micro-batches."""
         model = self._require_kind("causal_lm", "forward_logprobs")
         outs = self._sorted_forward(batch, micro_batch_size, lambda mb: [
-            t for t in response_logprobs(model, mb, temperature, with_entropy) if t is not None])
+            t for t in response_logprobs(model, mb, temperature, with_entropy) if t is not None], max_tokens)
         return outs[0], (outs[1] if with_entropy else None)
 
     @torch.no_grad()
-    def forward_values(self, batch: Batch, micro_batch_size: int) -> torch.Tensor:
+    def forward_values(self, batch: Batch, micro_batch_size: int, max_tokens: int | None = None) -> torch.Tensor:
         """Values [B, R] (float32, CPU) of a kind="value" model for this rank's rows; V at response
         position j is the head at sequence position P-1+j (fsdp_model.response_values); padding 0.
 
         Collective: every rank must call it with the same number of micro-batches."""
         model = self._require_kind("value", "forward_values")
-        return self._sorted_forward(batch, micro_batch_size, lambda mb: [response_values(model, mb)])[0]
+        return self._sorted_forward(batch, micro_batch_size, lambda mb: [response_values(model, mb)], max_tokens)[0]
 
     def _micro_step(self, model, mb: Batch, loss_fn: LossFn, temperature: float, sums: dict) -> torch.Tensor:
         """Forward one micro-batch with grad and apply loss_fn; adds its metrics to `sums`."""
