@@ -57,18 +57,18 @@ def warm_model(out: Path) -> str:
     """The embedded model after WARM_STEPS AdamW steps of cross-entropy on gold step responses (the
     response only) of the first WARM_QUESTIONS training questions' step states: the format, and
     what a gold step looks like; made once (out/warm_model), reused by every run."""
+    folder = out / "warm_model"
+    if (folder / "warmed.json").exists():
+        return str(folder)
     import random
     import shutil
 
     from transformers import AutoTokenizer
-
+    sys.path.insert(0, str(REPO))
     from envs.retrieval.task import build_prompt, gold_response, split_examples, step_states
     from orchestrator.data import encode_prompt
     from orchestrator.model_prep import resolve_model_path
     from tests.learning_tasks import fit
-    folder = out / "warm_model"
-    if (folder / "warmed.json").exists():
-        return str(folder)
     shutil.copytree(resolve_model_path("smollm2-135m-instruct"), folder, dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns("hyflow_manifest.json"))  # the weights change
     tok = AutoTokenizer.from_pretrained(folder)
