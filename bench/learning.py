@@ -13,7 +13,9 @@
 Each run is `hyflow train` in a child process with its own run directory under --out/runs/; a run
 that finished earlier is not repeated (the suite can be stopped and continued). `report` reads
 every run's metrics.jsonl and writes --out/learning.md, PNG curves and prints one JSON line of
-the comparisons. Suite (a), at equal samples per step (32) and equal steps: the embedded
+the comparisons. The run folders are not tracked (checkpoints); `report` copies every run's
+metrics.jsonl to --out/metrics/<run>.jsonl (tracked) and restores missing ones from there, so the
+tables and curves can be rebuilt on another machine. Suite (a), at equal samples per step (32) and equal steps: the embedded
 SmolLM2-135M on generated level-1 word problems (the quickstart's task), greedy accuracy on the
 same 128 held-out problems before and after, with 95 % Wilson intervals.
 Suite (b), RLHF: preference pairs (`--pairs format`: a concise `#### n` answer preferred, instant;
@@ -409,7 +411,22 @@ def report_rm(out: Path) -> dict:
     return {f"rm_{p}_{k}": round(v, 4) for p, r in result.items() for k, v in r.items()}
 
 
+def keep_metrics(out: Path) -> None:
+    """runs/<name>/metrics.jsonl <-> metrics/<name>.jsonl: the run's copy wins; a run folder gone
+    (another machine) gets its metrics back from the tracked copy."""
+    kept = out / "metrics"
+    kept.mkdir(parents=True, exist_ok=True)
+    for path in sorted((out / "runs").glob("*/metrics.jsonl")):
+        (kept / f"{path.parent.name}.jsonl").write_text(path.read_text())
+    for path in sorted(kept.glob("*.jsonl")):
+        run = out / "runs" / path.stem
+        if not (run / "metrics.jsonl").exists():
+            run.mkdir(parents=True, exist_ok=True)
+            (run / "metrics.jsonl").write_text(path.read_text())
+
+
 def report(out: Path) -> dict:
+    keep_metrics(out)
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

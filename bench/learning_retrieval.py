@@ -18,7 +18,7 @@ first WARM_QUESTIONS training questions. Unwarmed, the 135M model never writes t
 R1-Router starts from a 7B instruct model that follows the format.
 Equal steps; per step Step-GRPO samples 8 states x 4 = 32 responses, GRPO 2 questions x 4 episodes
 of up to 6 turns (the table reports the responses each side generated). The GRPO run's own
-validation gives the held-out success before (step 0, the embedded model) and after; the Step-GRPO
+validation gives the held-out success before (step 0, the warmed model) and after; the Step-GRPO
 run's final checkpoint is scored by `hyflow eval configs/grpo_retrieval.yaml --checkpoint ...`.
 """
 from __future__ import annotations
@@ -132,7 +132,7 @@ def report_retrieval(out: Path) -> dict:
              "success (free-running, 32) before → after | held-out answer recall, after | turns per held-out "
              "episode, after |", "|---|---|---|---|---|---|---|---|"]
     summary: dict[str, float] = {}
-    # before training: the embedded model's held-out success, from the GRPO run's step-0 validation
+    # before training: the warmed model's held-out success, from the GRPO run's step-0 validation
     base = next((b for b, _ in (_eval_of(out, "grpo", int(run.name.rsplit("_s", 1)[1]))
                                 for run in sorted((out / "runs").glob("retrieval_grpo_s*"))) if b), None)
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
