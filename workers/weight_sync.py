@@ -92,9 +92,10 @@ def push_buckets(buckets, rank: int, rollout_actors: list, timeout_s: float | No
     (gathering them is a collective); rank 0 puts each bucket once in the object store (`via`
     "object_store"), or packs it on its device and sends a handle to it (`via` "ipc",
     workers/ipc_weights.py), and waits for every replica to load it before gathering the next, so
-    no rank holds more than one bucket beyond its shard. Rank 0 waits at most `timeout_s` for the whole push (default: the sync
-    deadline its group was given, `phase_deadline('sync')`; none: unbounded), then raises a
-    TimeoutError naming the phase, the replicas and the bucket. Returns bytes, buckets and times."""
+    no rank holds more than one bucket beyond its shard. Rank 0 waits at most `timeout_s` for the
+    whole push (default: the sync deadline its group was given, `phase_deadline('sync')`; none:
+    unbounded), then raises a TimeoutError naming the phase, the replicas and the bucket. Returns
+    bytes, buckets and times."""
     import ray
 
     from orchestrator.worker_group import SINGLE_ROLE, phase_deadline
