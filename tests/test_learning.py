@@ -105,8 +105,9 @@ def test_gigpo_learns_to_walk_the_corridor(ray_cluster, digits_dir, tmp_path):
         "rollout.n=4", "rollout.max_new_tokens=6", "rollout.max_model_len=1024", "data.max_prompt_tokens=512",
         "actor.lr=2e-3", "actor.entropy_coef=0.0", "trainer.total_steps=10"], env_kwargs={"length": 2})
     s = [x["env/success_rate"] for x in steps]
-    # A 7 among four digits moves one cell (p ~ 0.34); two moves in three turns: ~0.27 at the start.
-    assert np.mean(s[:2]) < 0.5, report("success", s)
+    # A 7 among four digits moves one cell (p ~ 0.34); two moves in three turns: ~0.27 at the start
+    # (step 1's rollout is the warmed model's; by step 2 one update can already lift it past 0.5).
+    assert s[0] < 0.5, report("success", s)
     assert np.mean(s[-2:]) > 0.8, report("success", s)
 
 
