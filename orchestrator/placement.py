@@ -109,6 +109,7 @@ def build_workers(cfg: Config, model_path: str, tokenizer, with_critic: bool = F
     pool = ResourcePool(a.world_size, cpus_per_bundle=a.cpus_per_worker, gpus_per_bundle=gpus,
                         strategy=res.strategy, name="hybrid")
     nodes = len(set(pool.bundle_nodes()))
+    check_transport(cfg, nodes == 1, gpus > 0)
     log.info("placement: %d bundle(s) on %d node(s), %s: %s", pool.n_bundles, nodes, res.strategy, pool.layout())
     if res.nnodes is not None and nodes != res.nnodes:
         log.warning("placement: resources.nnodes=%d but Ray placed the %d bundles on %d node(s) (strategy %s); "
@@ -173,6 +174,15 @@ def build_workers(cfg: Config, model_path: str, tokenizer, with_critic: bool = F
                    [rm_pool] if rm_pool else [])
 
 
+def check_transport(cfg: Config, one_node: bool, on_gpu: bool) -> None:
+    """weight_sync.transport=ipc needs GPUs on one node: refused as soon as the placement is known,
+    before any worker starts."""
+    if cfg.weight_sync.transport == "ipc" and not (on_gpu and one_node):
+        raise ValueError("weight_sync.transport=ipc shares CUDA memory: it needs the trainer ranks and the "
+                         f"engines on the GPUs of one node (here: {'GPUs' if on_gpu else 'no GPU'}, "
+                         f"{'one node' if one_node else 'several nodes'}); use auto")
+
+
 def make_weight_sync(cfg: Config, actor, rollout, probe, mode: str, one_node: bool,
                      on_gpu: bool = False) -> WeightSync:
     """weight_sync.transport: shared memory when every trainer rank and engine is on one node and
@@ -180,11 +190,8 @@ def make_weight_sync(cfg: Config, actor, rollout, probe, mode: str, one_node: bo
     when asked for (GPUs, one node), else Ray's object store."""
     w = cfg.weight_sync
     kw = dict(verify=w.verify, tolerance=w.tolerance, mode=mode)
+    check_transport(cfg, one_node, on_gpu)
     if w.transport == "ipc":
-        if not (on_gpu and one_node):
-            raise ValueError("weight_sync.transport=ipc shares CUDA memory: it needs the trainer ranks and the "
-                             f"engines on the GPUs of one node (here: {'GPUs' if on_gpu else 'no GPU'}, "
-                             f"{'one node' if one_node else 'several nodes'}); use auto")
         return BucketedWeightSync(actor, rollout, int(w.bucket_mb * 2**20), probe, via="ipc", **kw)
     if w.transport == "shm" and not one_node:
         raise ValueError("weight_sync.transport=shm needs the trainer ranks and the engines on one node; Ray placed "

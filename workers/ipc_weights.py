@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import torch
 
+from workers.weight_sync import WeightSyncError
+
 ALIGN = 256  # bytes: CUDA allocations are 256-aligned, so every view starts aligned too
 
 
@@ -69,13 +71,11 @@ def share(flat: torch.Tensor) -> tuple:
 
 def _local_index(uuid: str) -> int:
     if not torch.cuda.is_available():
-        from workers.weight_sync import WeightSyncError
         raise WeightSyncError(f"ipc weight bucket is on GPU {uuid}, but this process sees no CUDA device "
                               f"(weight_sync.transport=ipc needs the engines on the trainer's GPUs)")
     for i in range(torch.cuda.device_count()):
         if str(torch.cuda.get_device_properties(i).uuid) == uuid:
             return i
-    from workers.weight_sync import WeightSyncError
     raise WeightSyncError(f"ipc weight bucket is on GPU {uuid}, which is not among this process's "
                           f"{torch.cuda.device_count()} visible device(s) (CUDA_VISIBLE_DEVICES); "
                           f"weight_sync.transport=ipc needs each engine on a GPU its trainer rank 0 can share")
@@ -101,7 +101,6 @@ def open_bucket(handle: tuple, meta: list) -> dict[str, torch.Tensor]:
     try:
         flat = rebuild(*args)
     except RuntimeError as e:
-        from workers.weight_sync import WeightSyncError
         raise WeightSyncError(f"ipc weight bucket ({'GPU ' + uuid if uuid else 'CPU'}) could not be opened: {e}") from e
     check_meta(meta, flat.numel())
     return {name: flat[off:off + torch.Size(shape).numel() * _dtype(dtype).itemsize].view(_dtype(dtype)).view(shape)
