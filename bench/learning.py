@@ -467,7 +467,8 @@ def report(out: Path) -> dict:
         k = 5  # moving average of the sampled train reward
         sm = [sum(t[1] for t in train[max(0, i - k + 1):i + 1]) / len(train[max(0, i - k + 1):i + 1])
               for i in range(len(train))]
-        ax2.plot([t[0] for t in train], sm, label=name)
+        if train:
+            ax2.plot([t[0] for t in train], sm, label=name)
     ax1.set(xlabel="step", ylabel="greedy val accuracy (128 problems)", title="(a) math: held-out accuracy")
     ax2.set(xlabel="step", ylabel="train reward (sampled, 5-step mean)", title="(a) math: train reward")
     for ax in (ax1, ax2):
