@@ -450,11 +450,11 @@ def report(out: Path) -> dict:
         val = [(r["step"], r["val/accuracy"], r.get("val/n", 128)) for r in rows if "val/accuracy" in r]
         train = [(r["step"], r["reward/mean"]) for r in rows if "reward/mean" in r]
         secs = [r["timing/step_s"] for r in rows if "timing/step_s" in r]
-        label, style = name, "o-"
+        label, legend, style = name, name, "o-"
         if len(val) < 2 and name in MATH_RECORDED:
             kept = MATH_RECORDED[name]
             val, train, secs = [(s, a, 128) for s, a in kept["val"]], [], [kept["step_s"]]
-            label, style = f"{name} ({kept['note']})", "o--"
+            label, legend, style = f"{name} ({kept['note']})", f"{name} (recorded)", "o--"
         if len(val) < 2:
             continue
         (s0, a0, n0), (s1, a1, n1) = val[0], val[-1]
@@ -463,7 +463,7 @@ def report(out: Path) -> dict:
         lines.append(f"| {label} | {s1} | {a0:.3f} [{lo0:.3f}, {hi0:.3f}] | {a1:.3f} [{lo1:.3f}, {hi1:.3f}] | "
                      f"{a1 - a0:+.3f} | {sum(secs) / max(len(secs), 1):.0f} |")
         result[name] = {"steps": s1, "before": a0, "after": a1, "delta": a1 - a0, "ci_after": [lo1, hi1]}
-        ax1.plot([v[0] for v in val], [v[1] for v in val], style, label=label if label == name else name + " (recorded)")
+        ax1.plot([v[0] for v in val], [v[1] for v in val], style, label=legend)
         k = 5  # moving average of the sampled train reward
         sm = [sum(t[1] for t in train[max(0, i - k + 1):i + 1]) / len(train[max(0, i - k + 1):i + 1])
               for i in range(len(train))]
